@@ -1,0 +1,55 @@
+// The moelab command-line tool: parses arguments, sets up the runtime, and hands over to the
+// library. Errors raised anywhere below are caught here and printed as one line.
+// Exit codes: 0 success, 1 usage or configuration error, 2 runtime error.
+#include <c10/util/Exception.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "commands.h"
+#include "moelab/util/runtime.h"
+
+namespace {
+constexpr int kExitUsage = 1;
+constexpr int kExitRuntime = 2;
+
+// c10::Error's what() carries a C++ stack trace; users need the message alone.
+std::string first_line(const std::string& message) {
+  return message.substr(0, message.find('\n'));
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"moelab: build, train, analyse and run Mixture-of-Experts models"};
+  app.set_version_flag("--version", std::string("moelab ") + MOELAB_VERSION);
+  app.require_subcommand(1);
+  moelab::RuntimeOptions runtime;
+  app.add_option("--threads", runtime.threads, "Intra-op threads (0 = all cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  moelab::app::Action action;
+  moelab::app::register_bench_command(app, action);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : kExitUsage;
+  }
+  try {
+    moelab::init_runtime(runtime);
+    if (!moelab::blas_is_optimized()) {
+      spdlog::warn("LibTorch's BLAS is '{}', not an optimised one: matmuls run ~20x slower. "
+                   "Install libopenblas0-openmp.", moelab::blas_library_path());
+    }
+    if (action) action();
+  } catch (const c10::Error& e) {
+    std::cerr << "moelab: error: " << first_line(e.what_without_backtrace()) << "\n";
+    return kExitRuntime;
+  } catch (const std::exception& e) {
+    std::cerr << "moelab: error: " << first_line(e.what()) << "\n";
+    return kExitRuntime;
+  }
+  return 0;
+}

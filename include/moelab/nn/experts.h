@@ -1,0 +1,93 @@
+// Experts: the computation applied to each expert's contiguous slice of the dispatched rows.
+//
+// Legend: S dispatched rows (sorted by expert), D model width, F expert hidden width, E experts.
+//
+// FFNExperts stacks the weights of E feed-forward experts ((E, F, D) and (E, D, F), per expert in
+// torch::nn::Linear's (out, in) layout, as in Mixtral) and runs them through one autograd function
+// whose backward is written by hand: per-expert GEMMs into preallocated buffers, elementwise work
+// in one pass over all rows, nothing at all for an expert with no rows.
+// ModuleExperts runs any torch::nn modules as experts, each only on its own rows.
+#pragma once
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <vector>
+
+#include "moelab/nn/activation.h"
+
+namespace moelab::nn {
+
+struct FFNExpertsOptions {
+  FFNExpertsOptions(int64_t d_model, int64_t d_ff, int64_t num_experts)
+      : d_model_(d_model), d_ff_(d_ff), num_experts_(num_experts) {}
+  /// Input and output width D, >= 1.
+  TORCH_ARG(int64_t, d_model);
+  /// Hidden width F of each expert, >= 1.
+  TORCH_ARG(int64_t, d_ff);
+  /// Number of experts E, >= 1.
+  TORCH_ARG(int64_t, num_experts);
+  /// Non-linearity; SwiGLU adds w3. Default SwiGLU.
+  TORCH_ARG(Activation, activation) = Activation::kSwiGLU;
+  /// Per-expert biases b1, b3, b2. Default off.
+  TORCH_ARG(bool, bias) = false;
+};
+
+/// y = grouped FFN over rows sorted by expert; counts[e] rows belong to expert e.
+/// x: (S, D); w1, w3: (E, F, D); w2: (E, D, F); b1, b3: (E, F); b2: (E, D); undefined w3/b*
+/// mean "absent". Returns (S, D). Differentiable in x and every weight.
+at::Tensor grouped_ffn(const at::Tensor& x, const std::vector<int64_t>& counts,
+                       const at::Tensor& w1, const at::Tensor& w3, const at::Tensor& w2,
+                       const at::Tensor& b1, const at::Tensor& b3, const at::Tensor& b2,
+                       Activation activation);
+
+class FFNExpertsImpl : public torch::nn::Cloneable<FFNExpertsImpl> {
+ public:
+  FFNExpertsImpl(int64_t d_model, int64_t d_ff, int64_t num_experts)
+      : FFNExpertsImpl(FFNExpertsOptions(d_model, d_ff, num_experts)) {}
+  explicit FFNExpertsImpl(FFNExpertsOptions options);
+
+  void reset() override;
+  /// Each expert as torch::nn::Linear would be: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  /// x: (S, D) rows sorted by expert, counts: (E) rows per expert -> (S, D).
+  at::Tensor forward(const at::Tensor& x, const std::vector<int64_t>& counts);
+
+  /// Multiply-adds per row of one expert (for FLOP counts).
+  int64_t macs_per_row() const;
+
+  FFNExpertsOptions options;
+  at::Tensor w1, w2, w3, b1, b2, b3;  // w3/b3 only when gated, b* only with bias
+};
+TORCH_MODULE(FFNExperts);
+
+/// Any modules as experts: expert e maps its rows (n, ...) to (n, ...out). All experts must give
+/// the same trailing output shape.
+class ModuleExpertsImpl : public torch::nn::Cloneable<ModuleExpertsImpl> {
+ public:
+  ModuleExpertsImpl() = default;
+  explicit ModuleExpertsImpl(std::vector<torch::nn::AnyModule> experts);
+
+  void reset() override;
+
+  /// x: (S, ...) rows sorted by expert, counts: (E) -> (S, ...out). An expert with no rows is
+  /// not called (but the first expert sees an empty batch when S = 0, to learn the output shape).
+  at::Tensor forward(const at::Tensor& x, const std::vector<int64_t>& counts);
+
+  /// Rows each expert was called on in the last forward (tests and analysis).
+  const std::vector<int64_t>& last_rows_per_expert() const { return last_rows_; }
+
+  int64_t num_experts() const { return static_cast<int64_t>(experts_.size()); }
+  torch::nn::AnyModule& expert(int64_t e) { return experts_.at(e); }
+
+ private:
+  std::vector<torch::nn::AnyModule> experts_;
+  std::vector<int64_t> last_rows_;
+};
+TORCH_MODULE(ModuleExperts);
+
+}  // namespace moelab::nn

@@ -1,0 +1,115 @@
+// The Mixture-of-Experts layer: router -> dispatch -> experts -> weighted combine, plus optional
+// always-on shared experts, auxiliary losses and routing statistics. Drop-in for a dense FFN:
+// (..., D) in, (..., D) out, leading dimensions flattened into N tokens.
+//
+// Legend: N tokens, D model width, F expert hidden width, E experts, k experts per token.
+//
+// Shared experts follow DeepSeekMoE (one dense FFN of width num_shared_experts * shared_d_ff
+// added to every token's routed output), optionally gated by sigmoid(x w_gate) as in Qwen2-MoE.
+// A padding mask removes tokens before routing: they are neither routed nor counted by any loss
+// or statistic, and their output is zero.
+#pragma once
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <vector>
+
+#include "moelab/nn/aux_losses.h"
+#include "moelab/nn/dispatch.h"
+#include "moelab/nn/experts.h"
+#include "moelab/nn/feed_forward.h"
+#include "moelab/nn/router.h"
+
+namespace moelab::nn {
+
+struct MoELayerOptions {
+  /// The common case: d_model D, expert width F, E experts; refine through the nested options,
+  /// e.g. options.router().top_k(2).
+  MoELayerOptions(int64_t d_model, int64_t d_ff, int64_t num_experts)
+      : router_(d_model, num_experts), experts_(d_model, d_ff, num_experts) {}
+  int64_t d_model() const { return router_.d_model(); }
+  int64_t num_experts() const { return router_.num_experts(); }
+
+  /// Routing; its d_model and num_experts must match the experts'.
+  TORCH_ARG(RouterOptions, router);
+  /// The routed FFN experts (ignored when the layer is built from expert modules).
+  TORCH_ARG(FFNExpertsOptions, experts);
+  /// Dropless or capacity-limited dispatch. Default dropless.
+  TORCH_ARG(DispatchOptions, dispatch);
+  /// Auxiliary loss weights. Default all 0.
+  TORCH_ARG(AuxLossOptions, aux);
+  /// Always-on shared experts, >= 0. Default 0.
+  TORCH_ARG(int64_t, num_shared_experts) = 0;
+  /// Hidden width of one shared expert; 0 = the routed experts' d_ff. Default 0.
+  TORCH_ARG(int64_t, shared_d_ff) = 0;
+  /// Scale the shared output by a learned per-token sigmoid gate. Default off.
+  TORCH_ARG(bool, shared_gate) = false;
+};
+
+/// Unweighted value of every auxiliary term (0-d tensors; with gradient where its weight != 0).
+struct AuxLossTerms {
+  at::Tensor load_balance, importance_load, usage_mse, entropy, z_loss;
+};
+
+/// What the layer did with one batch, detached from autograd. Per-token fields cover all N input
+/// tokens; masked tokens have index -1 and weight 0.
+struct RoutingStats {
+  int64_t num_tokens = 0;           // tokens routed (not masked)
+  at::Tensor tokens_per_expert;     // (E) int64 slots each expert computed
+  at::Tensor usage;                 // (E) fraction of computed slots per expert
+  at::Tensor gate_mass;             // (E) combine weight per expert, summed, / num_tokens
+  at::Tensor token_entropy;         // () mean per-token routing entropy, nats (0 w/o a gate)
+  at::Tensor usage_entropy;         // () entropy of `usage`, nats (log E = perfectly even)
+  double dropped_fraction = 0.0;    // slots removed by capacity / slots assigned
+  at::Tensor indices;               // (N, k) int64 chosen experts; expert choice: (N, E)
+  at::Tensor weights;               // same shape, combine weights
+  at::Tensor kept;                  // same shape, bool: computed (not dropped, not masked)
+};
+
+struct MoEOutput {
+  at::Tensor output;    // same shape as the input
+  at::Tensor aux_loss;  // () sum of weight * term over the terms with weight != 0
+  AuxLossTerms aux_terms;
+  RoutingStats stats;
+};
+
+class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
+ public:
+  MoELayerImpl(int64_t d_model, int64_t d_ff, int64_t num_experts)
+      : MoELayerImpl(MoELayerOptions(d_model, d_ff, num_experts)) {}
+  explicit MoELayerImpl(MoELayerOptions options);
+  /// With arbitrary expert modules, each mapping (n, D) -> (n, D); options.experts() is unused
+  /// except for its d_model.
+  MoELayerImpl(MoELayerOptions options, std::vector<torch::nn::AnyModule> expert_modules);
+
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  /// x: (..., D). padding_mask: x's leading shape, true/nonzero = a real token (optional).
+  /// token_ids: x's leading shape, integers, for the hash router (optional).
+  MoEOutput forward(const at::Tensor& x, const at::Tensor& padding_mask = {},
+                    const at::Tensor& token_ids = {});
+
+  /// aux_free routers: apply the bias update; call after each optimiser step.
+  void update_routing_bias() { router->update_bias(); }
+
+  MoELayerOptions options;
+  Router router{nullptr};
+  FFNExperts experts{nullptr};
+  ModuleExperts module_experts{nullptr};
+  FeedForward shared{nullptr};
+  torch::nn::Linear shared_gate{nullptr};
+
+ protected:
+  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())},
+                           {2, torch::nn::AnyValue(at::Tensor())})
+
+ private:
+  std::vector<torch::nn::AnyModule> expert_modules_;
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace moelab::nn

@@ -1,0 +1,35 @@
+// Times the MoE layer against the dense FFN that does the same expert work, so throughput reads
+// as a ratio: one SwiGLU FFN over k * T rows has exactly the MoE's active expert FLOPs and runs
+// as large GEMMs, the practical limit for any dispatch scheme. Used by `moelab bench moe-layer`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moelab::perf {
+
+struct LayerBenchmarkOptions {
+  int64_t tokens = 4096;
+  int64_t d_model = 512;
+  int64_t d_ff = 1024;
+  int64_t experts = 8;
+  int64_t top_k = 2;
+  bool backward = true;  // fwd+bwd, else forward only
+  int warmup = 3;
+  int iterations = 10;
+  std::string router = "top_k";
+  uint64_t seed = 0;
+};
+
+struct BenchmarkResult {
+  std::string name;
+  double median_ms = 0;
+  double tokens_per_s = 0;
+  double gflops = 0;  // expert FLOPs only (the dense reference's FLOPs), per second
+};
+
+/// Runs both and returns {moe, dense}, each named after its configuration.
+std::vector<BenchmarkResult> benchmark_moe_layer(const LayerBenchmarkOptions& options);
+
+}  // namespace moelab::perf

@@ -1,0 +1,237 @@
+#include "moelab/nn/moe_layer.h"
+
+namespace moelab::nn {
+
+MoELayerImpl::MoELayerImpl(MoELayerOptions options_) : options(std::move(options_)) { reset(); }
+
+MoELayerImpl::MoELayerImpl(MoELayerOptions options_,
+                           std::vector<torch::nn::AnyModule> expert_modules)
+    : options(std::move(options_)), expert_modules_(std::move(expert_modules)) {
+  reset();
+}
+
+void MoELayerImpl::reset() {
+  const auto& o = options;
+  TORCH_CHECK(o.experts().d_model() == o.d_model(), "MoELayer: experts.d_model (",
+              o.experts().d_model(), ") must equal router.d_model (", o.d_model(), ")");
+  if (expert_modules_.empty()) {
+    TORCH_CHECK(o.experts().num_experts() == o.num_experts(), "MoELayer: experts.num_experts (",
+                o.experts().num_experts(), ") must equal router.num_experts (", o.num_experts(),
+                ")");
+  } else {
+    TORCH_CHECK(static_cast<int64_t>(expert_modules_.size()) == o.num_experts(), "MoELayer: ",
+                expert_modules_.size(), " expert modules given for router.num_experts = ",
+                o.num_experts());
+  }
+  TORCH_CHECK(o.num_shared_experts() >= 0, "MoELayer: num_shared_experts (",
+              o.num_shared_experts(), ") must be >= 0");
+  TORCH_CHECK(o.shared_d_ff() >= 0, "MoELayer: shared_d_ff (", o.shared_d_ff(),
+              ") must be >= 0 (0 = experts.d_ff)");
+  TORCH_CHECK(!o.shared_gate() || o.num_shared_experts() > 0,
+              "MoELayer: shared_gate needs num_shared_experts > 0");
+  const auto& aux = o.aux();
+  for (double w : {aux.load_balance(), aux.importance_load(), aux.usage_mse(), aux.entropy(),
+                   aux.z_loss()}) {
+    TORCH_CHECK(std::isfinite(w), "MoELayer: aux loss weights must be finite, got ", w);
+  }
+  if (!has_learned_gate(o.router().kind())) {
+    TORCH_CHECK(aux.load_balance() == 0 && aux.usage_mse() == 0 && aux.entropy() == 0 &&
+                    aux.z_loss() == 0 && aux.importance_load() == 0,
+                "MoELayer: the ", to_string(o.router().kind()),
+                " router has no learned gate, so its aux loss weights must all be 0");
+  }
+  if (!o.dispatch().dropless()) {
+    TORCH_CHECK(o.router().kind() != RouterKind::kExpertChoice,
+                "MoELayer: expert_choice routing has its own capacity (router.capacity_factor); "
+                "set dispatch.dropless = true");
+  }
+
+  router = register_module("router", Router(o.router()));
+  if (expert_modules_.empty()) {
+    experts = register_module("experts", FFNExperts(o.experts()));
+  } else {
+    module_experts = register_module("experts", ModuleExperts(expert_modules_));
+  }
+  if (o.num_shared_experts() > 0) {
+    const int64_t width = o.num_shared_experts() *
+                          (o.shared_d_ff() > 0 ? o.shared_d_ff() : o.experts().d_ff());
+    shared = register_module("shared", FeedForward(FeedForwardOptions(o.d_model(), width)
+                                                       .activation(o.experts().activation())
+                                                       .bias(o.experts().bias())));
+    if (o.shared_gate()) {
+      shared_gate = register_module(
+          "shared_gate", torch::nn::Linear(torch::nn::LinearOptions(o.d_model(), 1).bias(false)));
+    }
+  }
+}
+
+void MoELayerImpl::pretty_print(std::ostream& stream) const {
+  stream << "moelab::nn::MoELayer(d_model=" << options.d_model()
+         << ", num_experts=" << options.num_experts() << ", top_k=" << options.router().top_k()
+         << ", router=" << to_string(options.router().kind())
+         << ", shared=" << options.num_shared_experts() << ")";
+}
+
+namespace {
+
+// Per-expert assignment counts before capacity (what the router asked for).
+at::Tensor assignment_counts(const RouterOutput& routing, const DispatchPlan& plan) {
+  if (routing.is_expert_choice()) return plan.counts;
+  return at::bincount(routing.indices.reshape({-1}), {}, plan.num_experts);
+}
+
+AuxLossTerms compute_aux_terms(const RouterOutput& routing, const DispatchPlan& plan,
+                               const AuxLossOptions& weights, const at::TensorOptions& options) {
+  AuxLossTerms terms;
+  auto zero = [&] { return at::zeros({}, options); };
+  if (!routing.probs.defined()) {
+    terms.load_balance = terms.importance_load = terms.usage_mse = terms.entropy =
+        terms.z_loss = zero();
+    return terms;
+  }
+  // A term whose weight is 0 is only reported: no graph is built for it.
+  auto term = [&](double weight, auto&& compute) {
+    if (weight != 0) return compute();
+    torch::NoGradGuard no_grad;
+    return compute();
+  };
+  const at::Tensor counts = assignment_counts(routing, plan);
+  terms.load_balance = term(weights.load_balance(),
+                            [&] { return load_balance_loss(routing.probs, counts); });
+  terms.importance_load = term(weights.importance_load(), [&] {
+    at::Tensor importance =
+        routing.is_expert_choice()
+            ? at::zeros({plan.num_experts}, options).index_add(0, plan.expert, plan.weight)
+            : at::zeros({plan.num_experts}, options)
+                  .index_add(0, routing.indices.reshape({-1}), routing.weights.reshape({-1}));
+    at::Tensor load = routing.load.defined() ? routing.load : counts.to(options);
+    return importance_load_loss(importance, load);
+  });
+  terms.usage_mse = term(weights.usage_mse(), [&] { return usage_mse_loss(routing.probs); });
+  terms.entropy = term(weights.entropy(), [&] { return routing_entropy(routing.probs); });
+  terms.z_loss = term(weights.z_loss(), [&] { return router_z_loss(routing.logits); });
+  return terms;
+}
+
+at::Tensor weighted_sum(const AuxLossTerms& terms, const AuxLossOptions& w,
+                        const at::TensorOptions& options) {
+  at::Tensor total = at::zeros({}, options);
+  const std::pair<double, const at::Tensor*> parts[] = {
+      {w.load_balance(), &terms.load_balance}, {w.importance_load(), &terms.importance_load},
+      {w.usage_mse(), &terms.usage_mse},       {w.entropy(), &terms.entropy},
+      {w.z_loss(), &terms.z_loss}};
+  for (const auto& [weight, value] : parts) {
+    if (weight != 0) total = total + weight * *value;
+  }
+  return total;
+}
+
+// Per-token decisions of the routed tokens, in (n, k) form (expert choice: (n, E)).
+struct TokenDecisions {
+  at::Tensor indices, weights, kept;
+};
+
+TokenDecisions token_decisions(const RouterOutput& routing, const DispatchPlan& plan) {
+  if (!routing.is_expert_choice()) {
+    return {routing.indices, routing.weights.detach(), plan.kept};
+  }
+  const int64_t n = plan.num_tokens, e = plan.num_experts;
+  at::Tensor flat = plan.token * e + plan.expert;
+  at::Tensor indices = at::full({n * e}, -1, plan.token.options()).index_put_({flat}, plan.expert);
+  at::Tensor weights = at::zeros({n * e}, plan.weight.options())
+                           .index_put_({flat}, plan.weight.detach());
+  indices = indices.view({n, e});
+  return {indices, weights.view({n, e}), indices.ge(0)};
+}
+
+RoutingStats compute_stats(const RouterOutput& routing, const DispatchPlan& plan) {
+  torch::NoGradGuard no_grad;
+  RoutingStats stats;
+  stats.num_tokens = plan.num_tokens;
+  stats.tokens_per_expert = plan.counts;
+  const at::Tensor counts = plan.counts.to(at::kDouble);
+  const double total = counts.sum().item<double>();
+  stats.usage = total > 0 ? counts / total : at::zeros_like(counts);
+  at::Tensor mass = at::zeros({plan.num_experts}, plan.weight.options())
+                        .index_add(0, plan.expert, plan.weight.detach());
+  stats.gate_mass = mass.to(at::kDouble) / std::max<int64_t>(plan.num_tokens, 1);
+  stats.token_entropy = routing.probs.defined() ? routing_entropy(routing.probs.detach())
+                                                    .to(at::kDouble)
+                                              : at::zeros({}, at::kDouble);
+  stats.usage_entropy = distribution_entropy(counts);
+  stats.dropped_fraction =
+      plan.num_assigned > 0 ? static_cast<double>(plan.num_dropped) / plan.num_assigned : 0.0;
+  return stats;
+}
+
+// Rows of `routed` (n, ...) placed back among all N tokens; masked rows get `fill`.
+at::Tensor scatter_rows(const at::Tensor& routed, const at::Tensor& rows, int64_t total,
+                        double fill) {
+  std::vector<int64_t> shape(routed.sizes().begin(), routed.sizes().end());
+  shape[0] = total;
+  return at::full(shape, fill, routed.options()).index_copy(0, rows, routed);
+}
+
+}  // namespace
+
+MoEOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& padding_mask,
+                                const at::Tensor& token_ids) {
+  const int64_t d_model = options.d_model();
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == d_model, "MoELayer: input's last dim (",
+              x.dim() >= 1 ? x.size(-1) : 0, ") must equal d_model (", d_model, "); input is ",
+              x.sizes());
+  const at::IntArrayRef leading = x.sizes().slice(0, x.dim() - 1);
+  at::Tensor tokens = x.reshape({-1, d_model});  // (N, D)
+  const int64_t num_tokens = tokens.size(0);
+  at::Tensor ids = token_ids.defined() ? token_ids.reshape({-1}) : at::Tensor();
+  if (token_ids.defined()) {
+    TORCH_CHECK(token_ids.sizes() == leading, "MoELayer: token_ids ", token_ids.sizes(),
+                " must have the input's leading shape ", leading);
+  }
+
+  // Keep only the real tokens.
+  at::Tensor rows;  // (n) positions of the routed tokens among the N, when masking
+  if (padding_mask.defined()) {
+    TORCH_CHECK(padding_mask.sizes() == leading, "MoELayer: padding_mask ", padding_mask.sizes(),
+                " must have the input's leading shape ", leading);
+    rows = padding_mask.reshape({-1}).ne(0).nonzero().view({-1});
+    tokens = tokens.index_select(0, rows);
+    if (ids.defined()) ids = ids.index_select(0, rows);
+  }
+
+  RouterOutput routing = router->forward(tokens, ids);
+  DispatchPlan plan =
+      routing.is_expert_choice()
+          ? plan_expert_choice(routing.expert_tokens, routing.expert_weights, tokens.size(0))
+          : plan_token_choice(routing.indices, routing.weights, options.num_experts(),
+                              options.dispatch());
+  at::Tensor dispatched = gather_rows(tokens, plan);  // (S, D)
+  at::Tensor expert_out = experts ? experts->forward(dispatched, plan.counts_host)
+                                  : module_experts->forward(dispatched, plan.counts_host);
+  at::Tensor out = combine_rows(expert_out, plan.weight, plan);  // (n, D)
+  if (shared) {
+    at::Tensor shared_out = shared->forward(tokens);
+    if (shared_gate) shared_out = shared_out * at::sigmoid(shared_gate->forward(tokens));
+    out = out + shared_out;
+  }
+
+  MoEOutput result;
+  const auto loss_options = routing.probs.defined() ? routing.probs.options() : x.options();
+  result.aux_terms = compute_aux_terms(routing, plan, options.aux(), loss_options);
+  result.aux_loss = weighted_sum(result.aux_terms, options.aux(), loss_options);
+  result.stats = compute_stats(routing, plan);
+  TokenDecisions decisions = token_decisions(routing, plan);
+  if (rows.defined()) {
+    out = scatter_rows(out, rows, num_tokens, 0.0);
+    decisions.indices = scatter_rows(decisions.indices, rows, num_tokens, -1);
+    decisions.weights = scatter_rows(decisions.weights, rows, num_tokens, 0.0);
+    decisions.kept = scatter_rows(decisions.kept, rows, num_tokens, 0);
+  }
+  result.stats.indices = decisions.indices;
+  result.stats.weights = decisions.weights;
+  result.stats.kept = decisions.kept;
+  result.output = out.view(x.sizes());
+  return result;
+}
+
+}  // namespace moelab::nn
