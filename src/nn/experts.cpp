@@ -34,7 +34,8 @@ void per_expert_linear(const at::Tensor& in, const std::vector<int64_t>& counts,
 }
 
 // LibTorch 1.13's custom Function cannot take undefined tensors, so an absent weight (w3 when
-// ungated, the biases when off) travels as an empty placeholder.
+// ungated, the biases when off) travels as an empty placeholder. Real weights are never empty
+// (E, F, D >= 1); activations can be (S = 0), so only weight slots are ever read as absent.
 at::Tensor placeholder_if_absent(const at::Tensor& t, const at::Tensor& like) {
   return t.defined() ? t : at::empty({0}, like.options());
 }
@@ -81,7 +82,10 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    for (auto& t : saved) t = absent_if_placeholder(t);
+    for (size_t i : {Saved::kW3, Saved::kB1, Saved::kB3, Saved::kB2}) {
+      saved[i] = absent_if_placeholder(saved[i]);
+    }
+    if (!saved[Saved::kW3].defined()) saved[Saved::kH3] = at::Tensor();
     const at::Tensor &x = saved[Saved::kX], &w1 = saved[Saved::kW1], &w3 = saved[Saved::kW3],
                      &w2 = saved[Saved::kW2], &h1 = saved[Saved::kH1], &h3 = saved[Saved::kH3];
     const bool has_bias = saved[Saved::kB1].defined();

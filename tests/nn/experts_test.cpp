@@ -1,0 +1,123 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "moelab/nn/experts.h"
+#include "moelab/nn/feed_forward.h"
+#include "support/naive_moe.h"
+
+using moelab::nn::Activation;
+using moelab::nn::FFNExperts;
+using moelab::nn::FFNExpertsOptions;
+
+namespace {
+
+// The grouped FFN against the naive per-row reference, outputs and every gradient, float64.
+void expect_grouped_matches_naive(Activation activation, bool bias,
+                                  const std::vector<int64_t>& counts) {
+  const int64_t experts = static_cast<int64_t>(counts.size());
+  FFNExperts module(FFNExpertsOptions(4, 6, experts).activation(activation).bias(bias));
+  module->to(torch::kDouble);
+  int64_t rows = 0;
+  for (int64_t c : counts) rows += c;
+  at::Tensor x = torch::randn({rows, 4}, torch::kDouble).requires_grad_(true);
+  at::Tensor probe = torch::randn({rows, 4}, torch::kDouble);
+
+  at::Tensor fast = module->forward(x, counts);
+  std::vector<at::Tensor> params;
+  for (auto& p : module->parameters()) params.push_back(p);
+  std::vector<at::Tensor> inputs = params;
+  inputs.push_back(x);
+  auto fast_grads = torch::autograd::grad({(fast * probe).sum()}, inputs);
+
+  moelab::testing::ExpertWeights w{module->w1, module->w3, module->w2,
+                                   module->b1, module->b3, module->b2};
+  std::vector<at::Tensor> naive_rows;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    for (int64_t r = 0; r < counts[e]; ++r, ++offset) {
+      naive_rows.push_back(moelab::testing::naive_expert(
+          x[offset], w.slice(w.w1, e), w.slice(w.w3, e), w.slice(w.w2, e), w.slice(w.b1, e),
+          w.slice(w.b3, e), w.slice(w.b2, e), activation));
+    }
+  }
+  at::Tensor naive = naive_rows.empty() ? torch::zeros({0, 4}, torch::kDouble)
+                                        : torch::stack(naive_rows);
+  ASSERT_TRUE(torch::allclose(fast, naive, 1e-10, 1e-12));
+  if (rows == 0) return;
+  auto naive_grads =
+      torch::autograd::grad({(naive * probe).sum()}, inputs, {}, false, false, true);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    at::Tensor expected = naive_grads[i].defined() ? naive_grads[i] : torch::zeros_like(inputs[i]);
+    EXPECT_TRUE(torch::allclose(fast_grads[i], expected, 1e-10, 1e-12))
+        << "gradient " << i << " for " << moelab::nn::to_string(activation);
+  }
+}
+
+}  // namespace
+
+TEST(FFNExpertsTest, MatchesNaiveReferenceForEveryActivation) {
+  for (Activation a : {Activation::kReLU, Activation::kGELU, Activation::kSiLU,
+                       Activation::kSwiGLU}) {
+    for (bool bias : {false, true}) expect_grouped_matches_naive(a, bias, {3, 1, 4});
+  }
+}
+
+TEST(FFNExpertsTest, ExpertsWithoutRowsCostNothingAndGetZeroGradients) {
+  expect_grouped_matches_naive(Activation::kSwiGLU, true, {0, 5, 0, 2, 0});
+  expect_grouped_matches_naive(Activation::kGELU, false, {0, 0, 0});
+}
+
+TEST(FFNExpertsTest, GradientsMatchFiniteDifferences) {
+  FFNExperts module(FFNExpertsOptions(3, 4, 2).bias(true));
+  module->to(torch::kDouble);
+  at::Tensor x = torch::randn({5, 3}, torch::kDouble).requires_grad_(true);
+  std::vector<at::Tensor> inputs{x};
+  for (auto& p : module->parameters()) inputs.push_back(p);
+  double error = moelab::testing::max_gradient_error(
+      [&](const std::vector<at::Tensor>& in) { return module->forward(in[0], {2, 3}); }, inputs);
+  EXPECT_LT(error, 1e-7);
+}
+
+TEST(FFNExpertsTest, ParametersHaveStableNamesAndShapes) {
+  FFNExperts module(FFNExpertsOptions(4, 6, 3));
+  auto named = module->named_parameters();
+  ASSERT_EQ(named.size(), 3u);
+  EXPECT_EQ(named["w1"].sizes(), at::IntArrayRef({3, 6, 4}));
+  EXPECT_EQ(named["w3"].sizes(), at::IntArrayRef({3, 6, 4}));
+  EXPECT_EQ(named["w2"].sizes(), at::IntArrayRef({3, 4, 6}));
+  EXPECT_EQ(module->macs_per_row(), 3 * 4 * 6);
+  FFNExperts relu(FFNExpertsOptions(4, 6, 3).activation(Activation::kReLU));
+  EXPECT_EQ(relu->named_parameters().size(), 2u);
+}
+
+TEST(FFNExpertsTest, RejectsBadShapes) {
+  FFNExperts module(FFNExpertsOptions(4, 6, 2));
+  EXPECT_THROWS_WITH(module->forward(torch::randn({3, 5}), {1, 2}), "input must be (S, D=4)");
+  EXPECT_THROWS_WITH(module->forward(torch::randn({3, 4}), {1, 1}),
+                     "counts sum to 2 but the input has 3 rows");
+  EXPECT_THROWS_WITH(module->forward(torch::randn({3, 4}), {3}), "counts has 1 entries for 2");
+  EXPECT_THROWS_WITH(FFNExperts(FFNExpertsOptions(4, 0, 2)), "d_ff (0) must be >= 1");
+}
+
+TEST(ModuleExpertsTest, RunsEachExpertOnExactlyItsRows) {
+  std::vector<torch::nn::AnyModule> modules;
+  for (int e = 0; e < 3; ++e) modules.emplace_back(torch::nn::Linear(4, 2));
+  moelab::nn::ModuleExperts experts(modules);
+  at::Tensor x = torch::randn({5, 4});
+  at::Tensor y = experts->forward(x, {2, 0, 3});
+  EXPECT_EQ(y.sizes(), at::IntArrayRef({5, 2}));
+  EXPECT_EQ(experts->last_rows_per_expert(), (std::vector<int64_t>{2, 0, 3}));
+  auto first = experts->expert(0).get<torch::nn::Linear>();
+  auto third = experts->expert(2).get<torch::nn::Linear>();
+  EXPECT_TRUE(torch::allclose(y.narrow(0, 0, 2), first->forward(x.narrow(0, 0, 2))));
+  EXPECT_TRUE(torch::allclose(y.narrow(0, 2, 3), third->forward(x.narrow(0, 2, 3))));
+  EXPECT_EQ(experts->forward(torch::randn({0, 4}), {0, 0, 0}).sizes(), at::IntArrayRef({0, 2}));
+}
+
+TEST(FeedForwardTest, ComputesW2OfGatedActivation) {
+  moelab::nn::FeedForward ffn(3, 5);
+  at::Tensor x = torch::randn({2, 3});
+  at::Tensor expected = ffn->w2(torch::silu(ffn->w1(x)) * ffn->w3(x));
+  EXPECT_TRUE(torch::allclose(ffn->forward(x), expected));
+  EXPECT_THROWS_WITH(ffn->forward(torch::randn({2, 4})), "input's last dim (4) must equal d_model (3)");
+}
