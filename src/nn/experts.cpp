@@ -1,6 +1,9 @@
 #include "moelab/nn/experts.h"
 
+#include <ATen/Parallel.h>
 #include <torch/autograd.h>
+
+#include <cstdlib>
 
 #include <cmath>
 #include <numeric>
@@ -12,30 +15,54 @@ using torch::autograd::variable_list;
 
 namespace {
 
+// Below this mean number of rows per expert, experts run in parallel rather than each GEMM
+// threaded. MOELAB_PARALLEL_EXPERT_ROWS overrides it (benchmarks only).
+const int64_t kParallelExpertRows = [] {
+  const char* env = std::getenv("MOELAB_PARALLEL_EXPERT_ROWS");
+  return env ? std::atoll(env) : int64_t{256};
+}();
+
 int64_t total_rows(const std::vector<int64_t>& counts) {
   return std::accumulate(counts.begin(), counts.end(), int64_t{0});
+}
+
+// Calls fn(e, offset, rows) for every expert that has rows. Many small experts run side by side,
+// each GEMM on one thread (OpenBLAS does not split a call made inside a parallel region): a
+// threaded GEMM of ~100 rows spends much of its time synchronising. Few large experts run one
+// after another, each GEMM using every thread.
+template <typename Fn>
+void for_each_expert(const std::vector<int64_t>& counts, Fn&& fn) {
+  const auto num_experts = static_cast<int64_t>(counts.size());
+  std::vector<int64_t> offsets(counts.size() + 1, 0);
+  std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
+  const int64_t mean_rows = offsets.back() / std::max<int64_t>(num_experts, 1);
+  auto run = [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      if (counts[e] > 0) fn(e, offsets[e], counts[e]);
+    }
+  };
+  if (mean_rows < kParallelExpertRows && num_experts > 1) {
+    at::parallel_for(0, num_experts, 1, run);
+  } else {
+    run(0, num_experts);
+  }
 }
 
 // out_e = in_e @ w[e]^T (+ b[e]) for every expert slice; `w` is (E, out, in).
 void per_expert_linear(const at::Tensor& in, const std::vector<int64_t>& counts,
                        const at::Tensor& w, const at::Tensor& b, at::Tensor& out) {
-  int64_t offset = 0;
-  for (size_t e = 0; e < counts.size(); ++e) {
-    const int64_t n = counts[e];
-    if (n == 0) continue;
+  for_each_expert(counts, [&](int64_t e, int64_t offset, int64_t n) {
     at::Tensor out_e = out.narrow(0, offset, n);
     if (b.defined()) {
       at::addmm_out(out_e, b[e], in.narrow(0, offset, n), w[e].t());
     } else {
       at::mm_out(out_e, in.narrow(0, offset, n), w[e].t());
     }
-    offset += n;
-  }
+  });
 }
 
-// LibTorch 1.13's custom Function cannot take undefined tensors, so an absent weight (w3 when
-// ungated, the biases when off) travels as an empty placeholder. Real weights are never empty
-// (E, F, D >= 1); activations can be (S = 0), so only weight slots are ever read as absent.
+// LibTorch 1.13's custom Function cannot take undefined tensors, so absent biases travel as an
+// empty placeholder. Real biases are never empty (F, D >= 1).
 at::Tensor placeholder_if_absent(const at::Tensor& t, const at::Tensor& like) {
   return t.defined() ? t : at::empty({0}, like.options());
 }
@@ -43,143 +70,121 @@ at::Tensor absent_if_placeholder(const at::Tensor& t) {
   return t.numel() == 0 ? at::Tensor() : t;
 }
 
-struct Saved {
-  enum : size_t { kX, kW1, kW3, kW2, kB1, kB3, kB2, kH1, kH3 };
-};
+// hidden = act(h) for ungated experts; silu(h[:, :F]) * h[:, F:] for gated ones. h: (S, P * F).
+at::Tensor hidden_from_projection(const at::Tensor& h, int64_t d_ff, Activation activation) {
+  if (!is_gated(activation)) return activate(h, activation);
+  return activate(h.narrow(1, 0, d_ff), activation).mul_(h.narrow(1, d_ff, d_ff));
+}
 
 struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1,
-                            const at::Tensor& w3_or_empty, const at::Tensor& w2,
-                            const at::Tensor& b1_or_empty, const at::Tensor& b3_or_empty,
-                            const at::Tensor& b2_or_empty, std::vector<int64_t> counts,
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w_in,
+                            const at::Tensor& w_out, const at::Tensor& b_in_or_empty,
+                            const at::Tensor& b_out_or_empty, std::vector<int64_t> counts,
                             int64_t activation_id) {
-    const at::Tensor w3 = absent_if_placeholder(w3_or_empty);
-    const at::Tensor b1 = absent_if_placeholder(b1_or_empty);
-    const at::Tensor b3 = absent_if_placeholder(b3_or_empty);
-    const at::Tensor b2 = absent_if_placeholder(b2_or_empty);
     const auto activation = static_cast<Activation>(activation_id);
-    const int64_t rows = x.size(0), d_ff = w1.size(1), d_model = w1.size(2);
+    const at::Tensor b_in = absent_if_placeholder(b_in_or_empty);
+    const at::Tensor b_out = absent_if_placeholder(b_out_or_empty);
+    const int64_t rows = x.size(0), d_model = w_out.size(1), d_ff = w_out.size(2);
     at::Tensor xc = x.contiguous();
-    at::Tensor h1 = at::empty({rows, d_ff}, x.options());
-    per_expert_linear(xc, counts, w1, b1, h1);
-    at::Tensor h3;
-    at::Tensor hidden = activate(h1, activation);  // (S, F)
-    if (w3.defined()) {
-      h3 = at::empty({rows, d_ff}, x.options());
-      per_expert_linear(xc, counts, w3, b3, h3);
-      hidden.mul_(h3);
-    }
+    at::Tensor h = at::empty({rows, w_in.size(1)}, x.options());  // (S, P * F)
+    per_expert_linear(xc, counts, w_in, b_in, h);
+    at::Tensor hidden = hidden_from_projection(h, d_ff, activation);  // (S, F)
     at::Tensor y = at::empty({rows, d_model}, x.options());
-    per_expert_linear(hidden, counts, w2, b2, y);
+    per_expert_linear(hidden, counts, w_out, b_out, y);
     // The hidden activation is recomputed in backward: one elementwise pass is cheaper here than
     // keeping another (S, F) buffer alive between forward and backward.
-    ctx->save_for_backward({xc, w1, w3_or_empty, w2, b1_or_empty, b3_or_empty, b2_or_empty, h1,
-                            placeholder_if_absent(h3, x)});
+    ctx->save_for_backward({xc, w_in, w_out, h});
     ctx->saved_data["counts"] = counts;
     ctx->saved_data["activation"] = activation_id;
+    ctx->saved_data["has_bias"] = b_in.defined();
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    for (size_t i : {Saved::kW3, Saved::kB1, Saved::kB3, Saved::kB2}) {
-      saved[i] = absent_if_placeholder(saved[i]);
-    }
-    if (!saved[Saved::kW3].defined()) saved[Saved::kH3] = at::Tensor();
-    const at::Tensor &x = saved[Saved::kX], &w1 = saved[Saved::kW1], &w3 = saved[Saved::kW3],
-                     &w2 = saved[Saved::kW2], &h1 = saved[Saved::kH1], &h3 = saved[Saved::kH3];
-    const bool has_bias = saved[Saved::kB1].defined();
+    const at::Tensor &x = saved[0], &w_in = saved[1], &w_out = saved[2], &h = saved[3];
     const std::vector<int64_t> counts = ctx->saved_data["counts"].toIntVector();
     const auto activation = static_cast<Activation>(ctx->saved_data["activation"].toInt());
-    const bool gated = w3.defined();
-    const int64_t rows = x.size(0), d_ff = w1.size(1);
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const int64_t rows = x.size(0), d_ff = w_out.size(2);
     at::Tensor grad_y = grads[0].contiguous();  // (S, D)
 
-    at::Tensor act = activate(h1, activation);
-    at::Tensor hidden = gated ? act * h3 : act;
-
-    // Weight gradients of experts without rows stay zero.
-    at::Tensor grad_w1 = at::zeros_like(w1), grad_w2 = at::zeros_like(w2);
-    at::Tensor grad_w3 = gated ? at::zeros_like(w3) : at::Tensor();
-    at::Tensor grad_b1, grad_b2, grad_b3;
+    // Every expert with rows overwrites its slice of the weight gradients; only the idle experts'
+    // slices are zeroed (zero-filling whole (E, F, D) buffers is ~400 MB of writes per step at
+    // E = 64).
+    at::Tensor grad_w_in = at::empty_like(w_in), grad_w_out = at::empty_like(w_out);
+    at::Tensor grad_b_in, grad_b_out;
     if (has_bias) {
-      grad_b1 = at::zeros_like(saved[Saved::kB1]);
-      grad_b2 = at::zeros_like(saved[Saved::kB2]);
-      if (gated) grad_b3 = at::zeros_like(saved[Saved::kB3]);
+      grad_b_in = at::empty({w_in.size(0), w_in.size(1)}, w_in.options());
+      grad_b_out = at::empty({w_out.size(0), w_out.size(1)}, w_out.options());
+    }
+    for (size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] > 0) continue;
+      for (at::Tensor* grad : {&grad_w_in, &grad_w_out, &grad_b_in, &grad_b_out}) {
+        if (grad->defined()) (*grad)[e].zero_();
+      }
     }
 
-    // grad_hidden = grad_y @ W2_e ; grad_W2_e = grad_y_e^T @ hidden_e
+    // grad_hidden_e = grad_y_e @ W_out_e ; grad_W_out_e = grad_y_e^T @ hidden_e
+    at::Tensor hidden = hidden_from_projection(h, d_ff, activation);
     at::Tensor grad_hidden = at::empty({rows, d_ff}, x.options());
-    int64_t offset = 0;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      const int64_t n = counts[e];
-      if (n == 0) continue;
+    for_each_expert(counts, [&](int64_t e, int64_t offset, int64_t n) {
       at::Tensor gy = grad_y.narrow(0, offset, n);
       at::Tensor gh = grad_hidden.narrow(0, offset, n);
-      at::mm_out(gh, gy, w2[e]);
-      at::Tensor gw2 = grad_w2[e];
-      at::mm_out(gw2, gy.t(), hidden.narrow(0, offset, n));
-      if (has_bias) grad_b2[e].copy_(gy.sum(0));
-      offset += n;
-    }
+      at::mm_out(gh, gy, w_out[e]);
+      at::Tensor gw = grad_w_out[e];
+      at::mm_out(gw, gy.t(), hidden.narrow(0, offset, n));
+      if (has_bias) grad_b_out[e].copy_(gy.sum(0));
+    });
 
-    at::Tensor grad_h1, grad_h3;
-    if (gated) {
-      grad_h3 = grad_hidden * act;
-      grad_h1 = activate_backward(grad_hidden.mul_(h3), h1, activation);
+    // Through the activation into grad_h: (S, P * F), laid out like h.
+    at::Tensor grad_h;
+    if (is_gated(activation)) {
+      const at::Tensor gate = h.narrow(1, 0, d_ff), up = h.narrow(1, d_ff, d_ff);
+      grad_h = at::empty_like(h);
+      at::Tensor grad_gate = grad_h.narrow(1, 0, d_ff), grad_up = grad_h.narrow(1, d_ff, d_ff);
+      at::mul_out(grad_up, grad_hidden, activate(gate, activation));
+      grad_gate.copy_(activate_backward(grad_hidden.mul_(up), gate, activation));
     } else {
-      grad_h1 = activate_backward(grad_hidden, h1, activation);
+      grad_h = activate_backward(grad_hidden, h, activation);
     }
 
+    // grad_W_in_e = grad_h_e^T @ x_e ; grad_x_e = grad_h_e @ W_in_e
     at::Tensor grad_x = at::empty_like(x);
-    offset = 0;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      const int64_t n = counts[e];
-      if (n == 0) continue;
-      at::Tensor xe = x.narrow(0, offset, n);
-      at::Tensor g1 = grad_h1.narrow(0, offset, n);
+    for_each_expert(counts, [&](int64_t e, int64_t offset, int64_t n) {
+      at::Tensor gh = grad_h.narrow(0, offset, n);
+      at::Tensor gw = grad_w_in[e];
+      at::mm_out(gw, gh.t(), x.narrow(0, offset, n));
       at::Tensor gx = grad_x.narrow(0, offset, n);
-      at::Tensor gw1 = grad_w1[e];
-      at::mm_out(gw1, g1.t(), xe);
-      at::mm_out(gx, g1, w1[e]);
-      if (has_bias) grad_b1[e].copy_(g1.sum(0));
-      if (gated) {
-        at::Tensor g3 = grad_h3.narrow(0, offset, n);
-        at::Tensor gw3 = grad_w3[e];
-        at::mm_out(gw3, g3.t(), xe);
-        gx.addmm_(g3, w3[e]);
-        if (has_bias) grad_b3[e].copy_(g3.sum(0));
-      }
-      offset += n;
-    }
-    return {grad_x,  grad_w1, grad_w3,      grad_w2,     grad_b1,
-            grad_b3, grad_b2, at::Tensor(), at::Tensor()};
+      at::mm_out(gx, gh, w_in[e]);
+      if (has_bias) grad_b_in[e].copy_(gh.sum(0));
+    });
+    return {grad_x, grad_w_in, grad_w_out, grad_b_in, grad_b_out, at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
 at::Tensor grouped_ffn(const at::Tensor& x, const std::vector<int64_t>& counts,
-                       const at::Tensor& w1, const at::Tensor& w3, const at::Tensor& w2,
-                       const at::Tensor& b1, const at::Tensor& b3, const at::Tensor& b2,
-                       Activation activation) {
-  TORCH_CHECK(w1.dim() == 3 && w2.dim() == 3, "grouped_ffn: w1 and w2 must be 3-D, got ",
-              w1.sizes(), " and ", w2.sizes());
-  const int64_t num_experts = w1.size(0), d_ff = w1.size(1), d_model = w1.size(2);
+                       const at::Tensor& w_in, const at::Tensor& w_out, const at::Tensor& b_in,
+                       const at::Tensor& b_out, Activation activation) {
+  TORCH_CHECK(w_in.dim() == 3 && w_out.dim() == 3, "grouped_ffn: w_in and w_out must be 3-D, got ",
+              w_in.sizes(), " and ", w_out.sizes());
+  const int64_t num_experts = w_out.size(0), d_model = w_out.size(1), d_ff = w_out.size(2);
+  const int64_t projections = is_gated(activation) ? 2 : 1;
+  TORCH_CHECK(w_in.sizes() == at::IntArrayRef({num_experts, projections * d_ff, d_model}),
+              "grouped_ffn: w_in must be (E, ", projections, " * F, D) = (", num_experts, ", ",
+              projections * d_ff, ", ", d_model, ") for ", to_string(activation), ", got ",
+              w_in.sizes());
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == num_experts, "grouped_ffn: counts has ",
               counts.size(), " entries for ", num_experts, " experts");
   TORCH_CHECK(x.dim() == 2 && x.size(1) == d_model, "grouped_ffn: input must be (S, D=", d_model,
               "), got ", x.sizes());
   TORCH_CHECK(total_rows(counts) == x.size(0), "grouped_ffn: counts sum to ", total_rows(counts),
               " but the input has ", x.size(0), " rows");
-  TORCH_CHECK(w2.sizes() == at::IntArrayRef({num_experts, d_model, d_ff}),
-              "grouped_ffn: w2 must be (E, D, F) = (", num_experts, ", ", d_model, ", ", d_ff,
-              "), got ", w2.sizes());
-  TORCH_CHECK(is_gated(activation) == w3.defined(), "grouped_ffn: ", to_string(activation),
-              is_gated(activation) ? " needs" : " takes no", " w3");
-  return GroupedFFNFunction::apply(x, w1, placeholder_if_absent(w3, w1), w2,
-                                   placeholder_if_absent(b1, w1), placeholder_if_absent(b3, w1),
-                                   placeholder_if_absent(b2, w1), counts,
+  TORCH_CHECK(b_in.defined() == b_out.defined(), "grouped_ffn: give both biases or neither");
+  return GroupedFFNFunction::apply(x, w_in, w_out, placeholder_if_absent(b_in, w_in),
+                                   placeholder_if_absent(b_out, w_in), counts,
                                    static_cast<int64_t>(activation));
 }
 
@@ -194,13 +199,12 @@ void FFNExpertsImpl::reset() {
   TORCH_CHECK(o.num_experts() >= 1, "FFNExperts: num_experts (", o.num_experts(),
               ") must be >= 1");
   const int64_t e = o.num_experts(), d = o.d_model(), f = o.d_ff();
-  w1 = register_parameter("w1", at::empty({e, f, d}));
-  w2 = register_parameter("w2", at::empty({e, d, f}));
-  if (is_gated(o.activation())) w3 = register_parameter("w3", at::empty({e, f, d}));
+  const int64_t projections = is_gated(o.activation()) ? 2 : 1;
+  w_in = register_parameter("w_in", at::empty({e, projections * f, d}));
+  w_out = register_parameter("w_out", at::empty({e, d, f}));
   if (o.bias()) {
-    b1 = register_parameter("b1", at::empty({e, f}));
-    b2 = register_parameter("b2", at::empty({e, d}));
-    if (is_gated(o.activation())) b3 = register_parameter("b3", at::empty({e, f}));
+    b_in = register_parameter("b_in", at::empty({e, projections * f}));
+    b_out = register_parameter("b_out", at::empty({e, d}));
   }
   reset_parameters();
 }
@@ -209,12 +213,10 @@ void FFNExpertsImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
   const double in_bound = 1.0 / std::sqrt(static_cast<double>(options.d_model()));
   const double hidden_bound = 1.0 / std::sqrt(static_cast<double>(options.d_ff()));
-  w1.uniform_(-in_bound, in_bound);
-  w2.uniform_(-hidden_bound, hidden_bound);
-  if (w3.defined()) w3.uniform_(-in_bound, in_bound);
-  if (b1.defined()) b1.uniform_(-in_bound, in_bound);
-  if (b2.defined()) b2.uniform_(-hidden_bound, hidden_bound);
-  if (b3.defined()) b3.uniform_(-in_bound, in_bound);
+  w_in.uniform_(-in_bound, in_bound);
+  w_out.uniform_(-hidden_bound, hidden_bound);
+  if (b_in.defined()) b_in.uniform_(-in_bound, in_bound);
+  if (b_out.defined()) b_out.uniform_(-hidden_bound, hidden_bound);
 }
 
 void FFNExpertsImpl::pretty_print(std::ostream& stream) const {
@@ -223,8 +225,18 @@ void FFNExpertsImpl::pretty_print(std::ostream& stream) const {
          << ", activation=" << to_string(options.activation()) << ")";
 }
 
+at::Tensor FFNExpertsImpl::gate_weight(int64_t expert) const {
+  return w_in[expert].narrow(0, 0, options.d_ff());
+}
+
+at::Tensor FFNExpertsImpl::up_weight(int64_t expert) const {
+  TORCH_CHECK(is_gated(options.activation()), "FFNExperts: ", to_string(options.activation()),
+              " experts have no up projection");
+  return w_in[expert].narrow(0, options.d_ff(), options.d_ff());
+}
+
 at::Tensor FFNExpertsImpl::forward(const at::Tensor& x, const std::vector<int64_t>& counts) {
-  return grouped_ffn(x, counts, w1, w3, w2, b1, b3, b2, options.activation());
+  return grouped_ffn(x, counts, w_in, w_out, b_in, b_out, options.activation());
 }
 
 int64_t FFNExpertsImpl::macs_per_row() const {

@@ -29,8 +29,7 @@ void expect_grouped_matches_naive(Activation activation, bool bias,
   inputs.push_back(x);
   auto fast_grads = torch::autograd::grad({(fast * probe).sum()}, inputs);
 
-  moelab::testing::ExpertWeights w{module->w1, module->w3, module->w2,
-                                   module->b1, module->b3, module->b2};
+  const moelab::testing::ExpertWeights w = moelab::testing::split_weights(module);
   std::vector<at::Tensor> naive_rows;
   int64_t offset = 0;
   for (int64_t e = 0; e < experts; ++e) {
@@ -81,13 +80,17 @@ TEST(FFNExpertsTest, GradientsMatchFiniteDifferences) {
 TEST(FFNExpertsTest, ParametersHaveStableNamesAndShapes) {
   FFNExperts module(FFNExpertsOptions(4, 6, 3));
   auto named = module->named_parameters();
-  ASSERT_EQ(named.size(), 3u);
-  EXPECT_EQ(named["w1"].sizes(), at::IntArrayRef({3, 6, 4}));
-  EXPECT_EQ(named["w3"].sizes(), at::IntArrayRef({3, 6, 4}));
-  EXPECT_EQ(named["w2"].sizes(), at::IntArrayRef({3, 4, 6}));
+  ASSERT_EQ(named.size(), 2u);
+  EXPECT_EQ(named["w_in"].sizes(), at::IntArrayRef({3, 12, 4}));  // gate rows, then up rows
+  EXPECT_EQ(named["w_out"].sizes(), at::IntArrayRef({3, 4, 6}));
+  EXPECT_TRUE(torch::equal(module->gate_weight(1), module->w_in[1].narrow(0, 0, 6)));
+  EXPECT_TRUE(torch::equal(module->up_weight(1), module->w_in[1].narrow(0, 6, 6)));
   EXPECT_EQ(module->macs_per_row(), 3 * 4 * 6);
-  FFNExperts relu(FFNExpertsOptions(4, 6, 3).activation(Activation::kReLU));
-  EXPECT_EQ(relu->named_parameters().size(), 2u);
+  FFNExperts relu(FFNExpertsOptions(4, 6, 3).activation(Activation::kReLU).bias(true));
+  EXPECT_EQ(relu->named_parameters()["w_in"].sizes(), at::IntArrayRef({3, 6, 4}));
+  EXPECT_EQ(relu->named_parameters()["b_in"].sizes(), at::IntArrayRef({3, 6}));
+  EXPECT_EQ(relu->named_parameters()["b_out"].sizes(), at::IntArrayRef({3, 4}));
+  EXPECT_THROWS_WITH(relu->up_weight(0), "relu experts have no up projection");
 }
 
 TEST(FFNExpertsTest, RejectsBadShapes) {

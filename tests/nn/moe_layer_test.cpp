@@ -19,8 +19,7 @@ MoELayer make_layer(int64_t d_model, int64_t d_ff, int64_t experts, int64_t k) {
 }
 
 moelab::testing::ExpertWeights weights_of(const MoELayer& layer) {
-  const auto& e = layer->experts;
-  return {e->w1, e->w3, e->w2, e->b1, e->b3, e->b2};
+  return moelab::testing::split_weights(layer->experts);
 }
 
 // The layer's fast path against the naive per-token loop over the same routing: outputs and the
@@ -30,7 +29,7 @@ void expect_matches_naive(int64_t experts, int64_t k, int64_t tokens) {
   MoELayer layer = make_layer(5, 7, experts, k);
   at::Tensor x = torch::randn({tokens, 5}, torch::kDouble).requires_grad_(true);
   at::Tensor probe = torch::randn({tokens, 5}, torch::kDouble);
-  std::vector<at::Tensor> inputs{x, layer->experts->w1, layer->experts->w2, layer->experts->w3,
+  std::vector<at::Tensor> inputs{x, layer->experts->w_in, layer->experts->w_out,
                                  layer->router->gate->weight};
 
   auto out = layer->forward(x);
@@ -77,9 +76,9 @@ TEST(MoELayerTest, OneExpertTopOneEqualsTheDenseFFN) {
   dense->to(torch::kDouble);
   {
     torch::NoGradGuard no_grad;
-    dense->w1->weight.copy_(layer->experts->w1[0]);
-    dense->w3->weight.copy_(layer->experts->w3[0]);
-    dense->w2->weight.copy_(layer->experts->w2[0]);
+    dense->w1->weight.copy_(layer->experts->gate_weight(0));
+    dense->w3->weight.copy_(layer->experts->up_weight(0));
+    dense->w2->weight.copy_(layer->experts->w_out[0]);
   }
   at::Tensor x = torch::randn({2, 3, 6}, torch::kDouble);
   auto out = layer->forward(x);
@@ -235,7 +234,7 @@ TEST(MoELayerTest, EveryRouterKindRunsForwardAndBackward) {
     auto out = layer->forward(x, {}, ids);
     (out.output.sum() + out.aux_loss).backward();
     EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>()) << moelab::nn::to_string(kind);
-    EXPECT_GT(layer->experts->w1.grad().abs().sum().item<double>(), 0.0)
+    EXPECT_GT(layer->experts->w_in.grad().abs().sum().item<double>(), 0.0)
         << moelab::nn::to_string(kind);
     layer->update_routing_bias();
   }
@@ -294,8 +293,8 @@ TEST(MoELayerTest, ComposesWithTorchModules) {
   };
   Block block;
   auto names = block.named_parameters().keys();
-  for (const char* expected : {"proj.weight", "moe.router.gate.weight", "moe.experts.w1",
-                               "moe.experts.w2", "moe.experts.w3"}) {
+  for (const char* expected : {"proj.weight", "moe.router.gate.weight", "moe.experts.w_in",
+                               "moe.experts.w_out"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), expected), names.end()) << expected;
   }
   at::Tensor y = block.moe->forward(block.proj->forward(torch::randn({3, 4}))).output;

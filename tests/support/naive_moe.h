@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "moelab/nn/activation.h"
+#include "moelab/nn/experts.h"
 
 namespace moelab::testing {
 
@@ -28,11 +29,27 @@ inline at::Tensor naive_expert(const at::Tensor& x, const at::Tensor& w1, const 
   return b2.defined() ? y + b2 : y;
 }
 
-/// Stacked expert weights as FFNExperts holds them: w1, w3 (E, F, D); w2 (E, D, F); b* or undefined.
+/// Expert weights split the textbook way: w1, w3 (E, F, D); w2 (E, D, F); b* or undefined.
 struct ExpertWeights {
   at::Tensor w1, w3, w2, b1, b3, b2;
   at::Tensor slice(const at::Tensor& t, int64_t e) const { return t.defined() ? t[e] : t; }
 };
+
+/// Views into FFNExperts' fused parameters, so gradients through them reach w_in and w_out.
+inline ExpertWeights split_weights(const nn::FFNExperts& experts) {
+  const int64_t f = experts->options.d_ff();
+  const bool gated = nn::is_gated(experts->options.activation());
+  ExpertWeights w;
+  w.w1 = experts->w_in.narrow(1, 0, f);
+  w.w2 = experts->w_out;
+  if (gated) w.w3 = experts->w_in.narrow(1, f, f);
+  if (experts->b_in.defined()) {
+    w.b1 = experts->b_in.narrow(1, 0, f);
+    w.b2 = experts->b_out;
+    if (gated) w.b3 = experts->b_in.narrow(1, f, f);
+  }
+  return w;
+}
 
 /// out[t] = sum over j with kept[t, j] of weights[t, j] * expert_{indices[t, j]}(x[t]).
 inline at::Tensor naive_moe(const at::Tensor& x, const at::Tensor& indices,

@@ -2,10 +2,13 @@
 //
 // Legend: S dispatched rows (sorted by expert), D model width, F expert hidden width, E experts.
 //
-// FFNExperts stacks the weights of E feed-forward experts ((E, F, D) and (E, D, F), per expert in
-// torch::nn::Linear's (out, in) layout, as in Mixtral) and runs them through one autograd function
-// whose backward is written by hand: per-expert GEMMs into preallocated buffers, elementwise work
-// in one pass over all rows, nothing at all for an expert with no rows.
+// FFNExperts stacks the weights of E feed-forward experts, per expert in torch::nn::Linear's
+// (out, in) layout: w_in (E, P * F, D) and w_out (E, D, F), P = 2 for gated experts, whose rows
+// [0, F) are the gate projection W1 and rows [F, 2F) the up projection W3 (fused as in HF's
+// gate_up_proj: one GEMM per expert instead of two, and one for the input gradient). They run
+// through one autograd function whose backward is written by hand: per-expert GEMMs into
+// preallocated buffers, elementwise work in one pass over all rows, nothing at all for an expert
+// with no rows.
 // ModuleExperts runs any torch::nn modules as experts, each only on its own rows.
 #pragma once
 
@@ -31,17 +34,16 @@ struct FFNExpertsOptions {
   TORCH_ARG(int64_t, num_experts);
   /// Non-linearity; SwiGLU adds w3. Default SwiGLU.
   TORCH_ARG(Activation, activation) = Activation::kSwiGLU;
-  /// Per-expert biases b1, b3, b2. Default off.
+  /// Per-expert biases b_in, b_out. Default off.
   TORCH_ARG(bool, bias) = false;
 };
 
 /// y = grouped FFN over rows sorted by expert; counts[e] rows belong to expert e.
-/// x: (S, D); w1, w3: (E, F, D); w2: (E, D, F); b1, b3: (E, F); b2: (E, D); undefined w3/b*
-/// mean "absent". Returns (S, D). Differentiable in x and every weight.
+/// x: (S, D); w_in: (E, P * F, D); w_out: (E, D, F); b_in: (E, P * F) and b_out: (E, D), both or
+/// neither (undefined). Returns (S, D). Differentiable in x and every weight.
 at::Tensor grouped_ffn(const at::Tensor& x, const std::vector<int64_t>& counts,
-                       const at::Tensor& w1, const at::Tensor& w3, const at::Tensor& w2,
-                       const at::Tensor& b1, const at::Tensor& b3, const at::Tensor& b2,
-                       Activation activation);
+                       const at::Tensor& w_in, const at::Tensor& w_out, const at::Tensor& b_in,
+                       const at::Tensor& b_out, Activation activation);
 
 class FFNExpertsImpl : public torch::nn::Cloneable<FFNExpertsImpl> {
  public:
@@ -60,8 +62,13 @@ class FFNExpertsImpl : public torch::nn::Cloneable<FFNExpertsImpl> {
   /// Multiply-adds per row of one expert (for FLOP counts).
   int64_t macs_per_row() const;
 
+  /// Expert e's gate (gated) or only (ungated) input projection W1, (F, D), a view of w_in.
+  at::Tensor gate_weight(int64_t expert) const;
+  /// Expert e's up projection W3, (F, D), a view of w_in; gated experts only.
+  at::Tensor up_weight(int64_t expert) const;
+
   FFNExpertsOptions options;
-  at::Tensor w1, w2, w3, b1, b2, b3;  // w3/b3 only when gated, b* only with bias
+  at::Tensor w_in, w_out, b_in, b_out;  // b_* only with bias
 };
 TORCH_MODULE(FFNExperts);
 
