@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "moelab/util/errors.h"
 #include "moelab/util/runtime.h"
 
 namespace {
@@ -44,6 +45,9 @@ int main(int argc, char** argv) {
                    "Install libopenblas0-openmp.", moelab::blas_library_path());
     }
     if (action) action();
+  } catch (const moelab::ConfigError& e) {
+    std::cerr << "moelab: error: " << first_line(e.what()) << "\n";
+    return kExitUsage;
   } catch (const c10::Error& e) {
     std::cerr << "moelab: error: " << first_line(e.what_without_backtrace()) << "\n";
     return kExitRuntime;

@@ -10,6 +10,7 @@
 
 #include "moelab/nn/feed_forward.h"
 #include "moelab/nn/moe_layer.h"
+#include "moelab/util/errors.h"
 
 namespace moelab::perf {
 
@@ -37,11 +38,19 @@ void clear_grads(torch::nn::Module& module) {
 }  // namespace
 
 std::vector<BenchmarkResult> benchmark_moe_layer(const LayerBenchmarkOptions& o) {
-  TORCH_CHECK(o.tokens >= 1 && o.d_model >= 1 && o.d_ff >= 1 && o.experts >= 1,
-              "bench moe-layer: tokens, d_model, d_ff and experts must be >= 1");
-  TORCH_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "bench moe-layer: top_k (", o.top_k,
-              ") must be in [1, experts=", o.experts, "]");
-  TORCH_CHECK(o.iterations >= 1 && o.warmup >= 0, "bench moe-layer: iterations must be >= 1");
+  auto require = [](bool ok, const std::string& message) {
+    if (!ok) throw ConfigError("bench moe-layer: " + message);
+  };
+  require(o.tokens >= 1 && o.d_model >= 1 && o.d_ff >= 1 && o.experts >= 1,
+          "tokens, d_model, d_ff and experts must be >= 1");
+  require(o.top_k >= 1 && o.top_k <= o.experts,
+          fmt::format("top_k ({}) must be in [1, experts={}]", o.top_k, o.experts));
+  require(o.iterations >= 1 && o.warmup >= 0, "iterations must be >= 1 and warmup >= 0");
+  try {
+    nn::parse_router_kind(o.router);
+  } catch (const c10::Error& e) {
+    require(false, e.what_without_backtrace());
+  }
   torch::manual_seed(o.seed);
 
   nn::MoELayerOptions layer_options(o.d_model, o.d_ff, o.experts);

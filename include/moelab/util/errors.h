@@ -1,0 +1,21 @@
+// Typed errors for what a user controls: configuration and options (ConfigError), files that
+// cannot be read or are malformed (DataError). The command-line tool maps them to exit codes:
+// ConfigError -> 1 (usage/config), anything else -> 2 (runtime).
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace moelab {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class DataError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace moelab
