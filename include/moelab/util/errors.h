@@ -1,5 +1,6 @@
 // Typed errors for what a user controls: configuration and options (ConfigError), files that
-// cannot be read or are malformed (DataError). The command-line tool maps them to exit codes:
+// cannot be read or are malformed (DataError), checkpoints that are incomplete, corrupt or do
+// not fit the model (CheckpointError). The command-line tool maps them to exit codes:
 // ConfigError -> 1 (usage/config), anything else -> 2 (runtime).
 #pragma once
 
@@ -14,6 +15,11 @@ class ConfigError : public std::runtime_error {
 };
 
 class DataError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class CheckpointError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };

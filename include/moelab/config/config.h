@@ -1,0 +1,35 @@
+// Configuration files: YAML documents stacked in order (later wins), then `key.sub=value`
+// overrides, resolved over the defaults. Defaults are never written here: they come from the
+// Options structs themselves (see options_io.h), so each default exists exactly once.
+// Every failure is a ConfigError naming the file, line or key, with a suggestion where one helps.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <string>
+#include <vector>
+
+namespace moelab::config {
+
+/// Reads one YAML file; its top level must be a mapping. ConfigError on a missing file or bad
+/// YAML (with line and column).
+YAML::Node load_file(const std::string& path);
+
+/// Deep merge: mappings merge key by key, anything else in `overlay` replaces what `base` has.
+void merge(YAML::Node& base, const YAML::Node& overlay);
+
+/// Applies "a.b.c=value"; the value is parsed as YAML ("2" is a number, "[1, 2]" a list,
+/// "null" null). Intermediate mappings are created. ConfigError if malformed.
+void apply_override(YAML::Node& root, const std::string& assignment);
+
+/// defaults < files (in order) < overrides. The result is a fresh tree; `defaults` is unchanged.
+YAML::Node resolve(const YAML::Node& defaults, const std::vector<std::string>& files,
+                   const std::vector<std::string>& overrides);
+
+/// The candidate closest to `key` by edit distance, or "" if none is reasonably close.
+std::string nearest(const std::string& key, const std::vector<std::string>& candidates);
+
+/// Deep copy (yaml-cpp nodes otherwise share structure).
+YAML::Node clone(const YAML::Node& node);
+
+}  // namespace moelab::config

@@ -1,0 +1,24 @@
+// Options structs <-> YAML. Each Options struct lists its fields once (a visit function in the
+// .cpp); the writer turns that list into YAML with the struct's defaults, the reader applies the
+// keys a config gives. Config keys are the Options field names, so a key documented in an Options
+// header is the key in a file and on the command line.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <string>
+
+#include "moelab/nn/moe_layer.h"
+
+namespace moelab::config {
+
+/// Every field of `options` (its defaults, for a default-constructed one), as a YAML mapping:
+/// d_model, d_ff, num_experts, router.*, experts.*, dispatch.*, aux.*, shared experts.
+YAML::Node to_yaml(const nn::MoELayerOptions& options);
+
+/// Applies the keys present in `node` to `options`. `where` is the section's full key ("model.moe")
+/// used in messages. Throws ConfigError for an unknown key (suggesting the nearest valid one), a
+/// value of the wrong type (naming the expected type) or an invalid enum name.
+void from_yaml(const YAML::Node& node, nn::MoELayerOptions& options, const std::string& where);
+
+}  // namespace moelab::config

@@ -1,0 +1,120 @@
+#include "moelab/config/config.h"
+
+#include <algorithm>
+#include <fstream>
+
+#include "moelab/util/errors.h"
+
+namespace moelab::config {
+
+YAML::Node clone(const YAML::Node& node) { return YAML::Clone(node); }
+
+YAML::Node load_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot open config file (missing or unreadable)");
+  YAML::Node node;
+  try {
+    node = YAML::Load(in);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ":" + std::to_string(e.mark.line + 1) + ":" +
+                      std::to_string(e.mark.column + 1) + ": invalid YAML: " + e.msg);
+  }
+  if (node.IsNull()) return YAML::Node(YAML::NodeType::Map);
+  if (!node.IsMap()) throw ConfigError(path + ": the top level must be a mapping of keys");
+  return node;
+}
+
+void merge(YAML::Node& base, const YAML::Node& overlay) {
+  if (!overlay.IsMap() || !base.IsMap()) {
+    base = clone(overlay);
+    return;
+  }
+  for (const auto& item : overlay) {
+    const std::string key = item.first.as<std::string>();
+    if (base[key] && base[key].IsMap() && item.second.IsMap()) {
+      YAML::Node child = base[key];
+      merge(child, item.second);
+    } else {
+      base[key] = clone(item.second);
+    }
+  }
+}
+
+void apply_override(YAML::Node& root, const std::string& assignment) {
+  const auto equals = assignment.find('=');
+  if (equals == std::string::npos || equals == 0) {
+    throw ConfigError("override '" + assignment + "' must look like key.sub=value");
+  }
+  const std::string key = assignment.substr(0, equals);
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(equals + 1));
+  } catch (const YAML::Exception& e) {
+    throw ConfigError("override '" + assignment + "': value is not valid YAML: " + e.msg);
+  }
+  std::vector<std::string> parts;
+  for (size_t start = 0;;) {
+    const size_t dot = key.find('.', start);
+    parts.push_back(key.substr(start, dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  if (std::any_of(parts.begin(), parts.end(), [](const auto& p) { return p.empty(); })) {
+    throw ConfigError("override '" + assignment + "': key '" + key + "' has an empty part");
+  }
+  // yaml-cpp's operator[] on a non-const node creates children; keep explicit handles.
+  std::vector<YAML::Node> chain{root};
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node child = chain.back()[parts[i]];
+    if (child && !child.IsMap() && !child.IsNull()) {
+      throw ConfigError("override '" + assignment + "': '" + parts[i] +
+                        "' holds a value, not a section");
+    }
+    if (!child || child.IsNull()) {
+      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      child = chain.back()[parts[i]];
+    }
+    chain.push_back(child);
+  }
+  chain.back()[parts.back()] = value;
+}
+
+YAML::Node resolve(const YAML::Node& defaults, const std::vector<std::string>& files,
+                   const std::vector<std::string>& overrides) {
+  YAML::Node resolved = clone(defaults);
+  for (const auto& path : files) merge(resolved, load_file(path));
+  for (const auto& assignment : overrides) apply_override(resolved, assignment);
+  return resolved;
+}
+
+namespace {
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+}  // namespace
+
+std::string nearest(const std::string& key, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_distance = std::max<size_t>(3, key.size() / 2) + 1;
+  for (const auto& candidate : candidates) {
+    const size_t d = edit_distance(key, candidate);
+    if (d < best_distance) {
+      best_distance = d;
+      best = candidate;
+    }
+  }
+  return best;
+}
+
+}  // namespace moelab::config

@@ -1,0 +1,172 @@
+#include "moelab/train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "moelab/io/safetensors.h"
+#include "moelab/util/errors.h"
+
+namespace fs = std::filesystem;
+
+namespace moelab::train {
+
+namespace {
+
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw CheckpointError(path + ": cannot open to fsync");
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw CheckpointError(path + ": fsync failed");
+}
+
+}  // namespace
+
+uint32_t file_crc32(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CheckpointError(path + ": cannot open");
+  uLong crc = crc32(0L, Z_NULL, 0);
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const auto n = in.gcount();
+    if (n > 0) crc = crc32(crc, reinterpret_cast<const Bytef*>(buffer.data()), static_cast<uInt>(n));
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+void write_checkpoint(const std::string& directory, const FileWriters& files,
+                      const nlohmann::json& metadata) {
+  const fs::path final_dir(directory);
+  if (fs::exists(final_dir)) throw CheckpointError(directory + ": already exists");
+  const fs::path parent = final_dir.has_parent_path() ? final_dir.parent_path() : fs::path(".");
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) throw CheckpointError(parent.string() + ": cannot create directory: " + ec.message());
+  const fs::path temporary = parent / ("." + final_dir.filename().string() + ".tmp");
+  fs::remove_all(temporary, ec);  // a leftover of an interrupted write
+  if (!fs::create_directory(temporary, ec) || ec) {
+    throw CheckpointError(temporary.string() + ": cannot create directory (is " + parent.string() +
+                          " writable?)");
+  }
+  try {
+    nlohmann::json manifest{{"format", kCheckpointFormat},
+                            {"format_version", kCheckpointFormatVersion},
+                            {"metadata", metadata},
+                            {"files", nlohmann::json::object()}};
+    for (const auto& [name, writer] : files) {
+      if (name.empty() || name == kManifestName || name.find('/') != std::string::npos) {
+        throw CheckpointError(directory + ": invalid checkpoint file name '" + name + "'");
+      }
+      const std::string path = (temporary / name).string();
+      writer(path);
+      if (!fs::exists(path)) throw CheckpointError(path + ": the writer did not create it");
+      fsync_path(path, /*directory=*/false);
+      manifest["files"][name] = {{"bytes", fs::file_size(path)}, {"crc32", file_crc32(path)}};
+    }
+    const std::string manifest_path = (temporary / kManifestName).string();
+    std::ofstream(manifest_path) << manifest.dump(2) << "\n";
+    fsync_path(manifest_path, false);
+    fsync_path(temporary.string(), true);
+    fs::rename(temporary, final_dir);
+    fsync_path(parent.string(), true);
+  } catch (const fs::filesystem_error& e) {
+    fs::remove_all(temporary, ec);
+    throw CheckpointError(directory + ": " + e.what());
+  } catch (...) {
+    fs::remove_all(temporary, ec);
+    throw;
+  }
+}
+
+nlohmann::json verify_checkpoint(const std::string& directory) {
+  const fs::path dir(directory);
+  if (!fs::is_directory(dir)) throw CheckpointError(directory + ": not a checkpoint directory");
+  const fs::path manifest_path = dir / kManifestName;
+  std::ifstream in(manifest_path);
+  if (!in) {
+    throw CheckpointError(directory + ": no " + std::string(kManifestName) +
+                          " (incomplete or not a moelab checkpoint)");
+  }
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(manifest_path.string() + ": not valid JSON: " + e.what());
+  }
+  if (manifest.value("format", "") != kCheckpointFormat) {
+    throw CheckpointError(manifest_path.string() + ": format is not " + kCheckpointFormat);
+  }
+  const int version = manifest.value("format_version", -1);
+  if (version != kCheckpointFormatVersion) {
+    throw CheckpointError(manifest_path.string() + ": format_version " + std::to_string(version) +
+                          " is not supported (this moelab reads version " +
+                          std::to_string(kCheckpointFormatVersion) + ")");
+  }
+  if (!manifest.contains("files") || !manifest["files"].is_object()) {
+    throw CheckpointError(manifest_path.string() + ": no file list");
+  }
+  for (const auto& [name, entry] : manifest["files"].items()) {
+    const fs::path path = dir / name;
+    if (!fs::exists(path)) throw CheckpointError(path.string() + ": listed in the manifest but missing");
+    const uint64_t bytes = entry.value("bytes", uint64_t{0});
+    if (fs::file_size(path) != bytes) {
+      throw CheckpointError(path.string() + ": " + std::to_string(fs::file_size(path)) +
+                            " bytes, the manifest says " + std::to_string(bytes) + " (truncated?)");
+    }
+    if (file_crc32(path.string()) != entry.value("crc32", uint32_t{0})) {
+      throw CheckpointError(path.string() + ": checksum mismatch (corrupt)");
+    }
+  }
+  return manifest;
+}
+
+void save_module_weights(const torch::nn::Module& module, const std::string& path,
+                         const std::map<std::string, std::string>& metadata) {
+  io::NamedTensors tensors;
+  for (const auto& item : module.named_parameters()) tensors.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers()) tensors.emplace_back(item.key(), item.value());
+  io::save_safetensors(path, tensors, metadata);
+}
+
+void load_module_weights(torch::nn::Module& module, const std::string& path) {
+  io::SafetensorsFile file;
+  try {
+    file = io::load_safetensors(path);
+  } catch (const DataError& e) {
+    throw CheckpointError(e.what());
+  }
+  std::vector<std::pair<std::string, at::Tensor>> targets;
+  for (const auto& item : module.named_parameters()) targets.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers()) targets.emplace_back(item.key(), item.value());
+  std::ostringstream problems;
+  std::set<std::string> expected;
+  for (const auto& [name, target] : targets) {
+    expected.insert(name);
+    auto found = file.tensors.find(name);
+    if (found == file.tensors.end()) {
+      problems << "\n  missing: " << name;
+    } else if (found->second.sizes() != target.sizes() ||
+               found->second.scalar_type() != target.scalar_type()) {
+      problems << "\n  mismatch: " << name << " is " << found->second.scalar_type()
+               << found->second.sizes() << " in the file, " << target.scalar_type()
+               << target.sizes() << " in the model";
+    }
+  }
+  for (const auto& [name, tensor] : file.tensors) {
+    if (!expected.count(name)) problems << "\n  unexpected: " << name;
+  }
+  if (!problems.str().empty()) {
+    throw CheckpointError(path + ": does not match the model:" + problems.str());
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [name, target] : targets) target.copy_(file.tensors.at(name));
+}
+
+}  // namespace moelab::train

@@ -1,0 +1,150 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "moelab/config/config.h"
+#include "moelab/config/options_io.h"
+#include "moelab/util/errors.h"
+
+namespace fs = std::filesystem;
+namespace cfg = moelab::config;
+
+namespace {
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("moelab_cfg_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string write(const std::string& name, const std::string& text) {
+    const std::string path = (dir_ / name).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+  fs::path dir_;
+};
+
+std::string config_error(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const moelab::ConfigError& e) {
+    return e.what();
+  }
+  return "(no ConfigError)";
+}
+
+}  // namespace
+
+TEST_F(ConfigTest, DefaultsThenFilesInOrderThenOverrides) {
+  YAML::Node defaults = YAML::Load("a: 1\nsection: {x: 1, y: 2}\nlist: [1, 2]");
+  const std::string first = write("first.yaml", "a: 2\nsection: {x: 10}\nlist: [3]");
+  const std::string second = write("second.yaml", "section: {y: 20}");
+  YAML::Node resolved = cfg::resolve(defaults, {first, second}, {"section.x=100", "new.key=abc"});
+  EXPECT_EQ(resolved["a"].as<int>(), 2);
+  EXPECT_EQ(resolved["section"]["x"].as<int>(), 100);
+  EXPECT_EQ(resolved["section"]["y"].as<int>(), 20);
+  EXPECT_EQ(resolved["list"].size(), 1u);  // lists are replaced, not merged
+  EXPECT_EQ(resolved["new"]["key"].as<std::string>(), "abc");
+  EXPECT_EQ(defaults["section"]["x"].as<int>(), 1) << "defaults must stay untouched";
+}
+
+TEST_F(ConfigTest, OverrideValuesAreParsedAsYaml) {
+  YAML::Node root(YAML::NodeType::Map);
+  cfg::apply_override(root, "n=2");
+  cfg::apply_override(root, "xs=[1, 2, 3]");
+  cfg::apply_override(root, "s=hello world");
+  EXPECT_EQ(root["n"].as<int>(), 2);
+  EXPECT_EQ(root["xs"].size(), 3u);
+  EXPECT_EQ(root["s"].as<std::string>(), "hello world");
+  EXPECT_NE(config_error([&] { cfg::apply_override(root, "novalue"); }).find("must look like key.sub=value"),
+            std::string::npos);
+  EXPECT_NE(config_error([&] { cfg::apply_override(root, "a..b=1"); }).find("has an empty part"),
+            std::string::npos);
+  EXPECT_NE(config_error([&] { cfg::apply_override(root, "n.sub=1"); }).find("'n' holds a value"),
+            std::string::npos);
+}
+
+TEST_F(ConfigTest, FileErrorsNameTheFileAndLine) {
+  const std::string missing = (dir_ / "missing.yaml").string();
+  EXPECT_NE(config_error([&] { cfg::load_file(missing); }).find(missing + ": cannot open"),
+            std::string::npos);
+  const std::string bad = write("bad.yaml", "a: 1\nb: [1, 2\n");
+  const std::string message = config_error([&] { cfg::load_file(bad); });
+  EXPECT_NE(message.find(bad + ":"), std::string::npos) << message;
+  EXPECT_NE(message.find("invalid YAML"), std::string::npos) << message;
+  const std::string scalar = write("scalar.yaml", "just a string");
+  EXPECT_NE(config_error([&] { cfg::load_file(scalar); }).find("top level must be a mapping"),
+            std::string::npos);
+  EXPECT_TRUE(cfg::load_file(write("empty.yaml", "")).IsMap());
+}
+
+TEST_F(ConfigTest, NearestSuggestsCloseKeysOnly) {
+  EXPECT_EQ(cfg::nearest("topk", {"top_k", "temperature", "kind"}), "top_k");
+  EXPECT_EQ(cfg::nearest("temprature", {"top_k", "temperature"}), "temperature");
+  EXPECT_EQ(cfg::nearest("completely_different", {"top_k", "kind"}), "");
+}
+
+TEST_F(ConfigTest, MoELayerOptionsRoundTripWithEveryDefault) {
+  YAML::Node node = cfg::to_yaml(moelab::nn::MoELayerOptions(16, 32, 4));
+  EXPECT_EQ(node["d_model"].as<int>(), 16);
+  EXPECT_EQ(node["num_experts"].as<int>(), 4);
+  EXPECT_EQ(node["router"]["kind"].as<std::string>(), "top_k");
+  EXPECT_EQ(node["router"]["top_k"].as<int>(), 1);
+  EXPECT_EQ(node["experts"]["activation"].as<std::string>(), "swiglu");
+  EXPECT_EQ(node["dispatch"]["drop_policy"].as<std::string>(), "position");
+  EXPECT_EQ(node["aux"]["load_balance"].as<double>(), 0.0);
+  EXPECT_FALSE(node["router"]["d_model"]) << "sizes are stated once, at the top";
+
+  moelab::nn::MoELayerOptions options(1, 1, 1);
+  cfg::from_yaml(YAML::Load(R"(
+    d_model: 8
+    d_ff: 12
+    num_experts: 6
+    router: {kind: noisy_top_k, top_k: 2, temperature: 0.5}
+    experts: {activation: gelu, bias: true}
+    dispatch: {dropless: false, capacity_factor: 1.25, drop_policy: score}
+    aux: {load_balance: 0.01, z_loss: 0.001}
+    num_shared_experts: 1
+  )"), options, "model.moe");
+  EXPECT_EQ(options.router().d_model(), 8);
+  EXPECT_EQ(options.experts().d_model(), 8);
+  EXPECT_EQ(options.experts().num_experts(), 6);
+  EXPECT_EQ(options.router().kind(), moelab::nn::RouterKind::kNoisyTopK);
+  EXPECT_EQ(options.router().top_k(), 2);
+  EXPECT_EQ(options.experts().activation(), moelab::nn::Activation::kGELU);
+  EXPECT_EQ(options.dispatch().drop_policy(), moelab::nn::DropPolicy::kScore);
+  EXPECT_DOUBLE_EQ(options.aux().z_loss(), 0.001);
+  moelab::nn::MoELayer layer(options);  // the sizes reached router and experts alike
+  EXPECT_EQ(layer->experts->w_in.size(1), 12);
+
+  moelab::nn::MoELayerOptions again(1, 1, 1);
+  cfg::from_yaml(cfg::to_yaml(options), again, "model.moe");
+  EXPECT_EQ(YAML::Dump(cfg::to_yaml(again)), YAML::Dump(cfg::to_yaml(options)));
+}
+
+TEST_F(ConfigTest, MoELayerOptionsRejectUnknownKeysAndWrongTypes) {
+  moelab::nn::MoELayerOptions options(8, 16, 4);
+  auto read = [&](const std::string& text) {
+    return config_error([&] { cfg::from_yaml(YAML::Load(text), options, "model.moe"); });
+  };
+  EXPECT_EQ(read("router: {topk: 2}"),
+            "model.moe.router.topk: unknown key; did you mean 'model.moe.router.top_k'?");
+  EXPECT_EQ(read("num_expert: 4"),
+            "model.moe.num_expert: unknown key; did you mean 'model.moe.num_experts'?");
+  EXPECT_EQ(read("router: {top_k: two}"),
+            "model.moe.router.top_k: expected an integer, got 'two'");
+  EXPECT_EQ(read("router: {top_k: 1.5}"),
+            "model.moe.router.top_k: expected an integer, got '1.5'");
+  EXPECT_EQ(read("experts: {bias: maybe}"),
+            "model.moe.experts.bias: expected a boolean (true/false), got 'maybe'");
+  EXPECT_EQ(read("router: [1, 2]"), "model.moe.router: expected a section of keys, got a value");
+  EXPECT_NE(read("router: {kind: top2}").find("model.moe.router.kind: Router: unknown kind 'top2'"),
+            std::string::npos);
+  EXPECT_EQ(read("aux: {z_loss: [1]}"),
+            "model.moe.aux.z_loss: expected a number, got a list or section");
+}
