@@ -14,4 +14,7 @@ using Action = std::function<void()>;
 /// `moelab bench ...`: micro-benchmarks of library components.
 void register_bench_command(CLI::App& app, Action& action);
 
+/// `moelab info -c CONFIG ...`: a model's size and cost, or the resolved config.
+void register_info_command(CLI::App& app, Action& action);
+
 }  // namespace moelab::app

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   moelab::app::Action action;
   moelab::app::register_bench_command(app, action);
+  moelab::app::register_info_command(app, action);
 
   try {
     app.parse(argc, argv);

@@ -67,6 +67,14 @@ void visit(V& v, nn::MoELayerOptions& o) {
   v.field("shared_gate", o.shared_gate());
 }
 
+template <typename V>
+void visit(V& v, models::MLPMoEOptions& o) {
+  v.field("input_dim", o.input_dim());
+  v.field("num_classes", o.num_classes());
+  v.field("num_layers", o.num_layers());
+  v.group("moe", [&](V& sub) { visit(sub, o.moe()); });
+}
+
 // ---- value encoding ------------------------------------------------------------------------
 
 template <typename T>
@@ -174,19 +182,30 @@ class Reader {
   std::vector<std::string> names_;
 };
 
-}  // namespace
 
-YAML::Node to_yaml(const nn::MoELayerOptions& options) {
-  nn::MoELayerOptions copy = options;  // the visit functions take mutable references
+template <typename Options>
+YAML::Node write_options(Options options) {  // by value: the visit functions take references
   Writer writer;
-  visit(writer, copy);
+  visit(writer, options);
   return writer.node;
 }
 
-void from_yaml(const YAML::Node& node, nn::MoELayerOptions& options, const std::string& where) {
+template <typename Options>
+void read_options(const YAML::Node& node, Options& options, const std::string& where) {
   Reader reader(node, where);
   visit(reader, options);
   reader.reject_unknown();
+}
+
+}  // namespace
+
+YAML::Node to_yaml(const nn::MoELayerOptions& options) { return write_options(options); }
+void from_yaml(const YAML::Node& node, nn::MoELayerOptions& options, const std::string& where) {
+  read_options(node, options, where);
+}
+YAML::Node to_yaml(const models::MLPMoEOptions& options) { return write_options(options); }
+void from_yaml(const YAML::Node& node, models::MLPMoEOptions& options, const std::string& where) {
+  read_options(node, options, where);
 }
 
 }  // namespace moelab::config

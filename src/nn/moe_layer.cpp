@@ -74,6 +74,56 @@ void MoELayerImpl::pretty_print(std::ostream& stream) const {
 
 namespace {
 
+int64_t count_parameters(const torch::nn::Module& module) {
+  int64_t total = 0;
+  for (const auto& p : module.parameters()) total += p.numel();
+  return total;
+}
+
+}  // namespace
+
+namespace {
+
+// Routed experts per token: k, or capacity_factor * k on average for expert choice.
+double experts_per_token(const RouterOptions& router) {
+  const double k = static_cast<double>(router.top_k());
+  return router.kind() == RouterKind::kExpertChoice ? k * router.capacity_factor() : k;
+}
+
+}  // namespace
+
+// Experts are interchangeable in size, so a token's share is k / E of all expert parameters.
+int64_t MoELayerImpl::active_parameters() const {
+  const torch::nn::Module& expert_module =
+      experts ? static_cast<const torch::nn::Module&>(*experts) : *module_experts;
+  const double per_expert =
+      static_cast<double>(count_parameters(expert_module)) / options.num_experts();
+  int64_t total = count_parameters(*router) +
+                  std::llround(per_expert * experts_per_token(options.router()));
+  if (shared) total += count_parameters(*shared);
+  if (shared_gate) total += count_parameters(*shared_gate);
+  return total;
+}
+
+// Linear maps cost one multiply-add per weight; elementwise work is not counted. Expert modules
+// of unknown structure are counted like linear maps, one MAC per parameter.
+int64_t MoELayerImpl::active_macs_per_token() const {
+  const int64_t d_model = options.d_model();
+  int64_t macs = router->gate ? d_model * options.num_experts() : count_parameters(*router);
+  const double per_expert =
+      experts ? static_cast<double>(experts->macs_per_row())
+              : static_cast<double>(count_parameters(*module_experts)) / options.num_experts();
+  macs += std::llround(per_expert * experts_per_token(options.router()));
+  if (shared) {
+    const int64_t projections = is_gated(shared->options.activation()) ? 3 : 2;
+    macs += projections * d_model * shared->options.d_ff();
+  }
+  if (shared_gate) macs += d_model;
+  return macs;
+}
+
+namespace {
+
 // Per-expert assignment counts before capacity (what the router asked for).
 at::Tensor assignment_counts(const RouterOutput& routing, const DispatchPlan& plan) {
   if (routing.is_expert_choice()) return plan.counts;

@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "moelab/models/mlp_moe.h"
 #include "moelab/nn/moe_layer.h"
 
 namespace moelab::config {
@@ -20,5 +21,9 @@ YAML::Node to_yaml(const nn::MoELayerOptions& options);
 /// used in messages. Throws ConfigError for an unknown key (suggesting the nearest valid one), a
 /// value of the wrong type (naming the expected type) or an invalid enum name.
 void from_yaml(const YAML::Node& node, nn::MoELayerOptions& options, const std::string& where);
+
+/// The same for the MoE MLP classifier: input_dim, num_classes, num_layers, moe.*.
+YAML::Node to_yaml(const models::MLPMoEOptions& options);
+void from_yaml(const YAML::Node& node, models::MLPMoEOptions& options, const std::string& where);
 
 }  // namespace moelab::config

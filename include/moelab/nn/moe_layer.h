@@ -96,6 +96,12 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   /// aux_free routers: apply the bias update; call after each optimiser step.
   void update_routing_bias() { router->update_bias(); }
 
+  /// Parameters used for one token: router, shared experts and k routed experts (expert choice:
+  /// capacity_factor * k on average).
+  int64_t active_parameters() const;
+  /// Multiply-adds for one token under the same counting (router + shared + k experts).
+  int64_t active_macs_per_token() const;
+
   MoELayerOptions options;
   Router router{nullptr};
   FFNExperts experts{nullptr};

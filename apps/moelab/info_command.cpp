@@ -1,0 +1,67 @@
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+#include <memory>
+
+#include "commands.h"
+#include "moelab/config/run_config.h"
+
+namespace moelab::app {
+
+namespace {
+std::string grouped(int64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+}  // namespace
+
+void register_info_command(CLI::App& app, Action& action) {
+  struct Arguments {
+    std::vector<std::string> files, overrides;
+    bool dump_config = false, json = false;
+  };
+  auto args = std::make_shared<Arguments>();
+  CLI::App* info = app.add_subcommand(
+      "info", "Parameters (total and active per sample) and forward FLOPs per sample of a model");
+  info->add_option("-c,--config", args->files,
+                   "Config file; repeat to stack them (later wins)")
+      ->allow_extra_args(false);  // one file per -c, so overrides are not taken for files
+  info->add_option("overrides", args->overrides,
+                   "key.sub=value overrides, applied after the files");
+  info->add_flag("--dump-config", args->dump_config, "Print the resolved config and exit");
+  info->add_flag("--json", args->json, "One JSON object instead of text");
+  info->footer(
+      "Precedence: built-in defaults < config files (in order) < key=value overrides.");
+  info->callback([args, &action] {
+    action = [args] {
+      const YAML::Node resolved = config::resolve_run_config(args->files, args->overrides);
+      if (args->dump_config) {
+        std::cout << YAML::Dump(resolved) << "\n";
+        return;
+      }
+      const auto model = config::build_model(resolved);
+      const models::ModelCost cost = model->cost();
+      const std::string name = resolved["model"]["name"].as<std::string>();
+      if (args->json) {
+        std::cout << nlohmann::json{{"model", name},
+                                    {"parameters_total", cost.parameters_total},
+                                    {"parameters_active", cost.parameters_active},
+                                    {"flops_per_sample", cost.flops_per_sample}}
+                         .dump()
+                  << "\n";
+        return;
+      }
+      std::cout << fmt::format("model                        {}\n", name)
+                << fmt::format("parameters, total            {:>14}\n", grouped(cost.parameters_total))
+                << fmt::format("parameters, active/sample    {:>14}\n", grouped(cost.parameters_active))
+                << fmt::format("FLOPs/sample, forward        {:>14}\n", grouped(cost.flops_per_sample));
+    };
+  });
+}
+
+}  // namespace moelab::app

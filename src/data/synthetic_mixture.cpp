@@ -1,0 +1,30 @@
+#include "moelab/data/synthetic_mixture.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "moelab/util/errors.h"
+
+namespace moelab::data {
+
+LabelledVectors make_synthetic_mixture(const SyntheticMixtureOptions& o) {
+  auto require = [](bool ok, const std::string& message) {
+    if (!ok) throw ConfigError("synthetic_mixture: " + message);
+  };
+  require(o.num_samples() >= 1, "num_samples (" + std::to_string(o.num_samples()) + ") must be >= 1");
+  require(o.input_dim() >= 1, "input_dim (" + std::to_string(o.input_dim()) + ") must be >= 1");
+  require(o.num_classes() >= 2 && o.num_classes() <= o.num_clusters(),
+          "num_classes (" + std::to_string(o.num_classes()) + ") must be in [2, num_clusters=" +
+              std::to_string(o.num_clusters()) + "]");
+  require(o.cluster_std() > 0, "cluster_std must be > 0");
+  at::Generator generator = at::detail::createCPUGenerator(o.seed());
+  at::Tensor centres =
+      at::normal(0.0, o.center_scale(), {o.num_clusters(), o.input_dim()}, generator);
+  LabelledVectors out;
+  out.clusters = at::randint(o.num_clusters(), {o.num_samples()}, generator, at::kLong);
+  at::Tensor noise = at::normal(0.0, o.cluster_std(), {o.num_samples(), o.input_dim()}, generator);
+  out.features = (centres.index_select(0, out.clusters) + noise).to(at::kFloat);
+  out.labels = out.clusters.remainder(o.num_classes());
+  return out;
+}
+
+}  // namespace moelab::data

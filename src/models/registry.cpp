@@ -1,0 +1,54 @@
+#include "moelab/models/registry.h"
+
+#include "moelab/config/config.h"
+#include "moelab/config/options_io.h"
+#include "moelab/models/mlp_moe.h"
+#include "moelab/util/errors.h"
+
+namespace moelab::models {
+
+namespace {
+
+template <typename Options>
+Options parse(const YAML::Node& section, const std::string& where) {
+  Options options;
+  config::from_yaml(section, options, where);
+  return options;
+}
+
+std::vector<ModelEntry> register_models() {
+  std::vector<ModelEntry> entries;
+  entries.push_back(
+      {"mlp_moe", "MoE MLP classifier for vector data (pre-norm residual MoE blocks)",
+       [] { return config::to_yaml(MLPMoEOptions()); },
+       [](const YAML::Node& section, const std::string& where) {
+         parse<MLPMoEOptions>(section, where);
+       },
+       [](const YAML::Node& section, const std::string& where) -> std::shared_ptr<Model> {
+         return std::make_shared<MLPMoEImpl>(parse<MLPMoEOptions>(section, where));
+       }});
+  return entries;
+}
+
+}  // namespace
+
+const std::vector<ModelEntry>& model_registry() {
+  static const std::vector<ModelEntry> entries = register_models();
+  return entries;
+}
+
+const ModelEntry& find_model(const std::string& name) {
+  std::vector<std::string> names;
+  for (const auto& entry : model_registry()) {
+    if (entry.name == name) return entry;
+    names.push_back(entry.name);
+  }
+  std::string message = "model.name: unknown model '" + name + "'";
+  const std::string suggestion = config::nearest(name, names);
+  if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+  message += " (registered:";
+  for (const auto& n : names) message += " " + n;
+  throw ConfigError(message + ")");
+}
+
+}  // namespace moelab::models
