@@ -17,4 +17,7 @@ void register_bench_command(CLI::App& app, Action& action);
 /// `moelab info -c CONFIG ...`: a model's size and cost, or the resolved config.
 void register_info_command(CLI::App& app, Action& action);
 
+/// `moelab train -c CONFIG ...` and `moelab resume RUN_DIR`.
+void register_train_commands(CLI::App& app, Action& action);
+
 }  // namespace moelab::app

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   moelab::app::Action action;
   moelab::app::register_bench_command(app, action);
   moelab::app::register_info_command(app, action);
+  moelab::app::register_train_commands(app, action);
 
   try {
     app.parse(argc, argv);
@@ -49,6 +50,10 @@ int main(int argc, char** argv) {
   } catch (const moelab::ConfigError& e) {
     std::cerr << "moelab: error: " << first_line(e.what()) << "\n";
     return kExitUsage;
+  } catch (const moelab::CheckpointError& e) {
+    // Several lines on purpose: a checkpoint that does not fit the model lists every mismatch.
+    std::cerr << "moelab: error: " << e.what() << "\n";
+    return kExitRuntime;
   } catch (const c10::Error& e) {
     std::cerr << "moelab: error: " << first_line(e.what_without_backtrace()) << "\n";
     return kExitRuntime;

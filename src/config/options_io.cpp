@@ -75,6 +75,54 @@ void visit(V& v, models::MLPMoEOptions& o) {
   v.group("moe", [&](V& sub) { visit(sub, o.moe()); });
 }
 
+template <typename V>
+void visit(V& v, train::OptimizerOptions& o) {
+  v.field("name", o.name());
+  v.field("lr", o.lr());
+  v.field("weight_decay", o.weight_decay());
+  v.field("momentum", o.momentum());
+  v.field("nesterov", o.nesterov());
+  v.field("beta1", o.beta1());
+  v.field("beta2", o.beta2());
+  v.field("eps", o.eps());
+}
+
+template <typename V>
+void visit(V& v, train::ScheduleOptions& o) {
+  v.field("kind", o.kind());
+  v.field("warmup_steps", o.warmup_steps());
+  v.field("step_size", o.step_size());
+  v.field("gamma", o.gamma());
+  v.field("min_lr_ratio", o.min_lr_ratio());
+}
+
+template <typename V>
+void visit(V& v, train::TrainOptions& o) {
+  v.field("max_steps", o.max_steps());
+  v.field("batch_size", o.batch_size());
+  v.field("grad_accumulation", o.grad_accumulation());
+  v.field("clip_grad_norm", o.clip_grad_norm());
+  v.field("val_fraction", o.val_fraction());
+  v.field("log_every", o.log_every());
+  v.field("eval_every", o.eval_every());
+  v.field("checkpoint_every", o.checkpoint_every());
+  v.field("keep_last", o.keep_last());
+  v.field("seed", o.seed());
+  v.group("optimizer", [&](V& sub) { visit(sub, o.optimizer()); });
+  v.group("schedule", [&](V& sub) { visit(sub, o.schedule()); });
+}
+
+template <typename V>
+void visit(V& v, data::SyntheticMixtureOptions& o) {
+  v.field("num_samples", o.num_samples());
+  v.field("input_dim", o.input_dim());
+  v.field("num_classes", o.num_classes());
+  v.field("num_clusters", o.num_clusters());
+  v.field("center_scale", o.center_scale());
+  v.field("cluster_std", o.cluster_std());
+  v.field("seed", o.seed());
+}
+
 // ---- value encoding ------------------------------------------------------------------------
 
 template <typename T>
@@ -101,6 +149,16 @@ template <>
 struct Codec<nn::Activation> : EnumCodec<nn::Activation, nn::parse_activation, nn::to_string> {};
 template <>
 struct Codec<nn::DropPolicy> : EnumCodec<nn::DropPolicy, nn::parse_drop_policy, nn::to_string> {};
+
+template <>
+struct Codec<train::ScheduleKind> {
+  static YAML::Node encode(const train::ScheduleKind& value) {
+    return YAML::Node(train::to_string(value));
+  }
+  static train::ScheduleKind decode(const YAML::Node& node) {
+    return train::parse_schedule_kind(node.as<std::string>());
+  }
+};
 
 template <typename T>
 const char* type_name() {
@@ -205,6 +263,15 @@ void from_yaml(const YAML::Node& node, nn::MoELayerOptions& options, const std::
 }
 YAML::Node to_yaml(const models::MLPMoEOptions& options) { return write_options(options); }
 void from_yaml(const YAML::Node& node, models::MLPMoEOptions& options, const std::string& where) {
+  read_options(node, options, where);
+}
+YAML::Node to_yaml(const train::TrainOptions& options) { return write_options(options); }
+void from_yaml(const YAML::Node& node, train::TrainOptions& options, const std::string& where) {
+  read_options(node, options, where);
+}
+YAML::Node to_yaml(const data::SyntheticMixtureOptions& options) { return write_options(options); }
+void from_yaml(const YAML::Node& node, data::SyntheticMixtureOptions& options,
+               const std::string& where) {
   read_options(node, options, where);
 }
 

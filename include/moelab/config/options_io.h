@@ -8,7 +8,9 @@
 
 #include <string>
 
+#include "moelab/data/synthetic_mixture.h"
 #include "moelab/models/mlp_moe.h"
+#include "moelab/train/trainer.h"
 #include "moelab/nn/moe_layer.h"
 
 namespace moelab::config {
@@ -25,5 +27,14 @@ void from_yaml(const YAML::Node& node, nn::MoELayerOptions& options, const std::
 /// The same for the MoE MLP classifier: input_dim, num_classes, num_layers, moe.*.
 YAML::Node to_yaml(const models::MLPMoEOptions& options);
 void from_yaml(const YAML::Node& node, models::MLPMoEOptions& options, const std::string& where);
+
+/// The trainer: max_steps, batch_size, ..., optimizer.*, schedule.*.
+YAML::Node to_yaml(const train::TrainOptions& options);
+void from_yaml(const YAML::Node& node, train::TrainOptions& options, const std::string& where);
+
+/// The synthetic mixture data set (its `name` key is the caller's business).
+YAML::Node to_yaml(const data::SyntheticMixtureOptions& options);
+void from_yaml(const YAML::Node& node, data::SyntheticMixtureOptions& options,
+               const std::string& where);
 
 }  // namespace moelab::config

@@ -3,8 +3,8 @@
 // The defaults are those of the model the files name (model.name, default mlp_moe), so the
 // resolved tree lists every key with its value, which is what --dump-config prints.
 //
-// Top-level sections: model (name + the model's options). The trainer's sections (data, train)
-// are added with the trainer; until then any other top-level key is rejected.
+// Top-level sections: model (name + the model's options), data (name + the data set's options;
+// synthetic_mixture for now), train (the trainer's options). Any other top-level key is rejected.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "moelab/data/synthetic_mixture.h"
 #include "moelab/models/model.h"
+#include "moelab/train/trainer.h"
 
 namespace moelab::config {
 
@@ -25,5 +27,9 @@ YAML::Node resolve_run_config(const std::vector<std::string>& files,
 
 /// Builds the model a resolved config describes.
 std::shared_ptr<models::Model> build_model(const YAML::Node& resolved);
+
+/// The data and train sections of a resolved config as Options.
+data::SyntheticMixtureOptions data_options(const YAML::Node& resolved);
+train::TrainOptions train_options(const YAML::Node& resolved);
 
 }  // namespace moelab::config
