@@ -36,7 +36,7 @@ TEST(RunConfigTest, DefaultsComeFromTheModelThenFilesThenOverrides) {
 
 TEST(RunConfigTest, RejectsUnknownSectionsKeysAndInvalidCombinations) {
   EXPECT_EQ(config_error([] { resolve_run_config({}, {"modell.x=1"}); }),
-            "modell: unknown top-level key; did you mean 'model'? (sections: model)");
+            "modell: unknown top-level key; did you mean 'model'? (sections: model, data, train)");
   EXPECT_EQ(config_error([] { resolve_run_config({}, {"model.num_layer=2"}); }),
             "model.num_layer: unknown key; did you mean 'model.num_layers'?");
   EXPECT_EQ(config_error([] { resolve_run_config({}, {"model=3"}); }),
