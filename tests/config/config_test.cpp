@@ -6,36 +6,23 @@
 #include "moelab/config/config.h"
 #include "moelab/config/options_io.h"
 #include "moelab/util/errors.h"
+#include "support/fixtures.h"
 
 namespace fs = std::filesystem;
 namespace cfg = moelab::config;
 
 namespace {
 
-class ConfigTest : public ::testing::Test {
+class ConfigTest : public moelab::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("moelab_cfg_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
   std::string write(const std::string& name, const std::string& text) {
-    const std::string path = (dir_ / name).string();
-    std::ofstream(path) << text;
-    return path;
+    std::ofstream(path(name)) << text;
+    return path(name);
   }
-  fs::path dir_;
 };
 
 std::string config_error(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const moelab::ConfigError& e) {
-    return e.what();
-  }
-  return "(no ConfigError)";
+  return moelab::testing::error_message<moelab::ConfigError>(action);
 }
 
 }  // namespace
@@ -70,7 +57,7 @@ TEST_F(ConfigTest, OverrideValuesAreParsedAsYaml) {
 }
 
 TEST_F(ConfigTest, FileErrorsNameTheFileAndLine) {
-  const std::string missing = (dir_ / "missing.yaml").string();
+  const std::string missing = path("missing.yaml");
   EXPECT_NE(config_error([&] { cfg::load_file(missing); }).find(missing + ": cannot open"),
             std::string::npos);
   const std::string bad = write("bad.yaml", "a: 1\nb: [1, 2\n");

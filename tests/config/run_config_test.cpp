@@ -5,18 +5,14 @@
 
 #include "moelab/config/run_config.h"
 #include "moelab/util/errors.h"
+#include "support/fixtures.h"
 
 namespace fs = std::filesystem;
 using moelab::config::resolve_run_config;
 
 namespace {
 std::string config_error(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const moelab::ConfigError& e) {
-    return e.what();
-  }
-  return "(no ConfigError)";
+  return moelab::testing::error_message<moelab::ConfigError>(action);
 }
 }  // namespace
 

@@ -8,6 +8,7 @@
 
 #include "moelab/io/safetensors.h"
 #include "moelab/util/errors.h"
+#include "support/fixtures.h"
 
 namespace fs = std::filesystem;
 using moelab::io::load_safetensors;
@@ -15,17 +16,8 @@ using moelab::io::save_safetensors;
 
 namespace {
 
-class SafetensorsTest : public ::testing::Test {
+class SafetensorsTest : public moelab::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("moelab_st_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
   // Writes a file with the given header text and `data_bytes` zero bytes after it.
   std::string raw_file(const std::string& header, size_t data_bytes) {
     const std::string p = path("raw.safetensors");
@@ -45,8 +37,6 @@ class SafetensorsTest : public ::testing::Test {
       EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << "must name the file";
     }
   }
-
-  fs::path dir_;
 };
 
 }  // namespace

@@ -7,38 +7,25 @@
 #include "moelab/nn/moe_layer.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/util/errors.h"
+#include "support/fixtures.h"
 
 namespace fs = std::filesystem;
 using namespace moelab::train;
 
 namespace {
 
-class CheckpointTest : public ::testing::Test {
+class CheckpointTest : public moelab::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    root_ = fs::temp_directory_path() /
-            ("moelab_ckpt_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-  std::string dir(const std::string& name) const { return (root_ / name).string(); }
+  std::string dir(const std::string& name) const { return path(name); }
 
   static FileWriters text_files() {
     return {{"a.txt", [](const std::string& p) { std::ofstream(p) << "alpha"; }},
             {"b.bin", [](const std::string& p) { std::ofstream(p) << std::string(1000, 'x'); }}};
   }
 
-  std::string checkpoint_error(const std::function<void()>& action) {
-    try {
-      action();
-    } catch (const moelab::CheckpointError& e) {
-      return e.what();
-    }
-    return "(no CheckpointError)";
+  static std::string checkpoint_error(const std::function<void()>& action) {
+    return moelab::testing::error_message<moelab::CheckpointError>(action);
   }
-
-  fs::path root_;
 };
 
 bool contains(const std::string& text, const std::string& fragment) {

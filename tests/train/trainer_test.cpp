@@ -12,22 +12,16 @@
 #include "moelab/train/schedule.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/errors.h"
+#include "support/fixtures.h"
 
 namespace fs = std::filesystem;
 using namespace moelab::train;
 
 namespace {
 
-class TrainerTest : public ::testing::Test {
+class TrainerTest : public moelab::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    root_ = fs::temp_directory_path() /
-            ("moelab_train_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-  std::string dir(const std::string& name) const { return (root_ / name).string(); }
+  std::string dir(const std::string& name) const { return path(name); }
 
   // A tiny run: noisy routing (so the RNG state matters), AdamW, cosine schedule with warmup,
   // gradient accumulation and clipping.
@@ -54,8 +48,6 @@ class TrainerTest : public ::testing::Test {
     }
     return lines;
   }
-
-  fs::path root_;
 };
 
 }  // namespace
