@@ -23,8 +23,9 @@ std::string default_run_dir() {
 
 void print_summary(const train::TrainSummary& s, const std::string& run_dir) {
   std::cout << fmt::format(
-      "step {}: train loss {:.4f}, val loss {:.4f}, val accuracy {:.4f}\nrun directory: {}\n",
-      s.steps, s.final_train_loss, s.val_loss, s.val_accuracy, run_dir);
+      "step {}: train loss {:.4f}, val loss {:.4f}, val accuracy {:.4f}, skipped steps {}\n"
+      "run directory: {}\n",
+      s.steps, s.final_train_loss, s.val_loss, s.val_accuracy, s.skipped_steps, run_dir);
 }
 
 }  // namespace

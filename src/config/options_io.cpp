@@ -108,6 +108,7 @@ void visit(V& v, train::TrainOptions& o) {
   v.field("checkpoint_every", o.checkpoint_every());
   v.field("keep_last", o.keep_last());
   v.field("seed", o.seed());
+  v.field("max_nonfinite_steps", o.max_nonfinite_steps());
   v.group("optimizer", [&](V& sub) { visit(sub, o.optimizer()); });
   v.group("schedule", [&](V& sub) { visit(sub, o.schedule()); });
 }

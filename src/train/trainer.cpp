@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -88,6 +89,13 @@ nlohmann::json routing_json(const std::vector<nn::MoEOutput>& layers) {
                    {"z_loss", layer.aux_terms.z_loss.item<double>()}});
   }
   return out;
+}
+
+bool gradients_are_finite(const torch::nn::Module& module) {
+  for (const auto& p : module.parameters()) {
+    if (p.grad().defined() && !at::isfinite(p.grad()).all().item<bool>()) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -195,6 +203,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     set_learning_rate(*optimizer_, lr);
     optimizer_->zero_grad();
     std::vector<nn::MoEOutput> routing;
+    bool finite = true;
     for (int64_t micro = 0; micro < options_.grad_accumulation(); ++micro) {
       at::Tensor rows = next_batch();
       at::Tensor x = train_set_.features.index_select(0, rows);
@@ -208,8 +217,29 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
       interval_aux += out.aux_loss.item<double>();
       interval_correct += out.logits.argmax(-1).eq(y).sum().item<double>();
       interval_samples += y.size(0);
+      finite = finite && std::isfinite(loss.item<double>());
       routing = std::move(out.moe_layers);
     }
+    finite = finite && gradients_are_finite(*model_);
+    if (!finite) {
+      optimizer_->zero_grad();
+      ++nonfinite_total_;
+      append_metrics(nlohmann::json{{"kind", "skip"},
+                                    {"step", step_},
+                                    {"nonfinite_in_a_row", ++nonfinite_in_a_row_}}
+                         .dump());
+      if (nonfinite_in_a_row_ >= options_.max_nonfinite_steps()) {
+        save_checkpoint();
+        throw TrainingError(
+            "train: " + std::to_string(nonfinite_in_a_row_) +
+            " steps in a row had a non-finite loss or gradient (at step " +
+            std::to_string(step_) + "); the state is saved in " + run_dir_ + "/" +
+            kCheckpointDir + "/" + checkpoint_name(step_) +
+            ". HINT: lower train.optimizer.lr, set train.clip_grad_norm, or check the data");
+      }
+      continue;
+    }
+    nonfinite_in_a_row_ = 0;
     if (options_.clip_grad_norm() > 0) {
       torch::nn::utils::clip_grad_norm_(model_->parameters(), options_.clip_grad_norm());
     }
@@ -233,6 +263,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
                                     {"aux_loss", interval_aux / micro_batches},
                                     {"accuracy", interval_correct / interval_samples},
                                     {"lr", lr},
+                                    {"skipped_steps", nonfinite_total_},
                                     {"samples_per_s", interval_samples / std::max(seconds, 1e-9)},
                                     {"moe_layers", routing_json(routing)}}
                          .dump());
@@ -256,6 +287,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     }
   }
   summary.steps = step_;
+  summary.skipped_steps = nonfinite_total_;
   return summary;
 }
 
@@ -277,7 +309,11 @@ void Trainer::save_checkpoint() {
       {"config.yaml", [&](const std::string& p) { std::ofstream(p) << YAML::Dump(config_) << "\n"; }},
   };
   write_checkpoint(directory.string(), files,
-                   {{"step", step_}, {"epoch", epoch_}, {"cursor", cursor_}});
+                   {{"step", step_},
+                    {"epoch", epoch_},
+                    {"cursor", cursor_},
+                    {"nonfinite_in_a_row", nonfinite_in_a_row_},
+                    {"nonfinite_total", nonfinite_total_}});
   auto dirs = checkpoint_dirs(run_dir_);
   for (size_t i = 0; i + options_.keep_last() < dirs.size(); ++i) fs::remove_all(dirs[i]);
 }
@@ -288,6 +324,8 @@ void Trainer::load_checkpoint(const std::string& directory) {
   step_ = meta.at("step").get<int64_t>();
   epoch_ = meta.at("epoch").get<int64_t>();
   cursor_ = meta.at("cursor").get<int64_t>();
+  nonfinite_in_a_row_ = meta.value("nonfinite_in_a_row", int64_t{0});
+  nonfinite_total_ = meta.value("nonfinite_total", int64_t{0});
   epoch_order_ = epoch_permutation(options_.seed(), epoch_, train_set_.features.size(0));
   load_module_weights(*model_, directory + "/model.safetensors");
   torch::serialize::InputArchive archive;

@@ -120,3 +120,30 @@ TEST_F(TrainerTest, RefusesToOverwriteARunAndNeedsACheckpointToResume) {
   fs::resize_file(dir("run") + "/checkpoints/step-00000005/model.safetensors", 10);
   EXPECT_EQ(latest_checkpoint(dir("run")), "");
 }
+
+TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenTheRunStopsWithItsStateSaved) {
+  // A learning rate this large turns the weights infinite after the first update; every later
+  // step is non-finite, skipped, and the third in a row aborts.
+  YAML::Node config = tiny_config(20);
+  config["train"]["optimizer"]["lr"] = 1e38;
+  config["train"]["optimizer"]["name"] = "sgd";
+  config["train"]["clip_grad_norm"] = 0.0;
+  config["train"]["schedule"]["warmup_steps"] = 0;
+  config["train"]["max_nonfinite_steps"] = 3;
+  Trainer trainer(config, dir("run"));
+  const std::string message =
+      moelab::testing::error_message<moelab::TrainingError>([&] { trainer.run(); });
+  EXPECT_NE(message.find("3 steps in a row had a non-finite loss or gradient"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("HINT: lower train.optimizer.lr"), std::string::npos);
+  const int64_t stopped_at = trainer.step();
+  EXPECT_GE(stopped_at, 1);
+  int skips = 0;
+  for (const auto& line : metrics(dir("run"))) skips += line["kind"] == "skip";
+  EXPECT_EQ(skips, 3);
+  const std::string saved = latest_checkpoint(dir("run"));
+  EXPECT_NE(saved, "");
+  auto manifest = verify_checkpoint(saved);
+  EXPECT_EQ(manifest["metadata"]["step"], stopped_at);
+  EXPECT_EQ(manifest["metadata"]["nonfinite_in_a_row"], 3);
+}

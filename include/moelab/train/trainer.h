@@ -9,8 +9,12 @@
 //   checkpoints/step-NNNNNNNN/ model.safetensors, optimizer.pt, rng.safetensors, config.yaml,
 //                              manifest.json (step, epoch, cursor, checksums)
 //
-// Not yet here (issue 3 continues): early stopping, time limits, signal handling, NaN/Inf step
-// skipping, keep-best, bf16 autocast, a progress bar.
+// A step whose loss or gradient is not finite is skipped (no update, the step counter stays) and
+// counted; max_nonfinite_steps of them in a row checkpoint the state and abort with a
+// TrainingError.
+//
+// Not yet here (issue 3 continues): early stopping, time limits, signal handling, keep-best,
+// bf16 autocast, a progress bar.
 #pragma once
 
 #include <torch/arg.h>
@@ -67,12 +71,15 @@ struct TrainOptions {
   TORCH_ARG(int64_t, keep_last) = 3;
   /// Seeds weights, data split, data order and routing noise. Default 0.
   TORCH_ARG(uint64_t, seed) = 0;
+  /// Non-finite steps in a row that abort the run, >= 1. Default 5.
+  TORCH_ARG(int64_t, max_nonfinite_steps) = 5;
   TORCH_ARG(OptimizerOptions, optimizer);
   TORCH_ARG(ScheduleOptions, schedule);
 };
 
 struct TrainSummary {
   int64_t steps = 0;
+  int64_t skipped_steps = 0;    // non-finite steps skipped over the whole run
   double final_train_loss = 0;  // task + aux loss of the last logged interval
   double val_loss = 0;
   double val_accuracy = 0;
@@ -112,6 +119,7 @@ class Trainer {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   data::LabelledVectors train_set_, val_set_;
   int64_t step_ = 0, epoch_ = 0, cursor_ = 0;
+  int64_t nonfinite_in_a_row_ = 0, nonfinite_total_ = 0;
   at::Tensor epoch_order_;
 };
 
