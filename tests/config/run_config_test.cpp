@@ -11,7 +11,7 @@ namespace fs = std::filesystem;
 using moelab::config::resolve_run_config;
 
 namespace {
-std::string config_error(const std::function<void()>& action) {
+std::string run_config_error(const std::function<void()>& action) {
   return moelab::testing::error_message<moelab::ConfigError>(action);
 }
 }  // namespace
@@ -31,13 +31,13 @@ TEST(RunConfigTest, DefaultsComeFromTheModelThenFilesThenOverrides) {
 }
 
 TEST(RunConfigTest, RejectsUnknownSectionsKeysAndInvalidCombinations) {
-  EXPECT_EQ(config_error([] { resolve_run_config({}, {"modell.x=1"}); }),
+  EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"modell.x=1"}); }),
             "modell: unknown top-level key; did you mean 'model'? (sections: model, data, train)");
-  EXPECT_EQ(config_error([] { resolve_run_config({}, {"model.num_layer=2"}); }),
+  EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"model.num_layer=2"}); }),
             "model.num_layer: unknown key; did you mean 'model.num_layers'?");
-  EXPECT_EQ(config_error([] { resolve_run_config({}, {"model=3"}); }),
+  EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"model=3"}); }),
             "model: expected a section of keys, got a value");
-  const std::string message = config_error([] {
+  const std::string message = run_config_error([] {
     moelab::config::build_model(resolve_run_config({}, {"model.moe.router.top_k=9"}));
   });
   EXPECT_NE(message.find("model: Router: top_k (9) must be in [1, num_experts=4]"), std::string::npos)
