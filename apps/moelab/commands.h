@@ -4,12 +4,30 @@
 
 #include <CLI/CLI.hpp>
 
+#include <yaml-cpp/yaml.h>
+
 #include <functional>
+#include <optional>
+#include <string>
+#include <vector>
 
 namespace moelab::app {
 
 /// What the chosen subcommand will do once parsing has finished and the runtime is set up.
 using Action = std::function<void()>;
+
+/// The config arguments every config-driven command takes: stacked files, overrides, dump.
+struct ConfigArguments {
+  std::vector<std::string> files, overrides;
+  bool dump_config = false;
+};
+
+/// Registers -c/--config (repeatable, one file each), positional key=value overrides and
+/// --dump-config on `command`.
+void add_config_arguments(CLI::App& command, ConfigArguments& args);
+
+/// The resolved config; with --dump-config it is printed instead and nullopt returned.
+std::optional<YAML::Node> resolve_or_dump(const ConfigArguments& args);
 
 /// `moelab bench ...`: micro-benchmarks of library components.
 void register_bench_command(CLI::App& app, Action& action);

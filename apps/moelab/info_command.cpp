@@ -20,33 +20,38 @@ std::string grouped(int64_t n) {
 }
 }  // namespace
 
+void add_config_arguments(CLI::App& command, ConfigArguments& args) {
+  // allow_extra_args(false): one file per -c, so overrides are not taken for files.
+  command.add_option("-c,--config", args.files, "Config file; repeat to stack them (later wins)")
+      ->allow_extra_args(false);
+  command.add_option("overrides", args.overrides, "key.sub=value overrides, applied last");
+  command.add_flag("--dump-config", args.dump_config, "Print the resolved config and exit");
+  command.footer("Precedence: built-in defaults < config files (in order) < key=value overrides.");
+}
+
+std::optional<YAML::Node> resolve_or_dump(const ConfigArguments& args) {
+  YAML::Node resolved = config::resolve_run_config(args.files, args.overrides);
+  if (!args.dump_config) return resolved;
+  std::cout << YAML::Dump(resolved) << "\n";
+  return std::nullopt;
+}
+
 void register_info_command(CLI::App& app, Action& action) {
-  struct Arguments {
-    std::vector<std::string> files, overrides;
-    bool dump_config = false, json = false;
+  struct Arguments : ConfigArguments {
+    bool json = false;
   };
   auto args = std::make_shared<Arguments>();
   CLI::App* info = app.add_subcommand(
       "info", "Parameters (total and active per sample) and forward FLOPs per sample of a model");
-  info->add_option("-c,--config", args->files,
-                   "Config file; repeat to stack them (later wins)")
-      ->allow_extra_args(false);  // one file per -c, so overrides are not taken for files
-  info->add_option("overrides", args->overrides,
-                   "key.sub=value overrides, applied after the files");
-  info->add_flag("--dump-config", args->dump_config, "Print the resolved config and exit");
+  add_config_arguments(*info, *args);
   info->add_flag("--json", args->json, "One JSON object instead of text");
-  info->footer(
-      "Precedence: built-in defaults < config files (in order) < key=value overrides.");
   info->callback([args, &action] {
     action = [args] {
-      const YAML::Node resolved = config::resolve_run_config(args->files, args->overrides);
-      if (args->dump_config) {
-        std::cout << YAML::Dump(resolved) << "\n";
-        return;
-      }
-      const auto model = config::build_model(resolved);
+      const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
+      if (!resolved) return;
+      const auto model = config::build_model(*resolved);
       const models::ModelCost cost = model->cost();
-      const std::string name = resolved["model"]["name"].as<std::string>();
+      const std::string name = (*resolved)["model"]["name"].as<std::string>();
       if (args->json) {
         std::cout << nlohmann::json{{"model", name},
                                     {"parameters_total", cost.parameters_total},

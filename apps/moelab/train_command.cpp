@@ -31,28 +31,19 @@ void print_summary(const train::TrainSummary& s, const std::string& run_dir) {
 }  // namespace
 
 void register_train_commands(CLI::App& app, Action& action) {
-  struct Arguments {
-    std::vector<std::string> files, overrides;
+  struct Arguments : ConfigArguments {
     std::string run_dir;
-    bool dump_config = false;
   };
   auto args = std::make_shared<Arguments>();
   CLI::App* train = app.add_subcommand("train", "Train a model described by config files");
-  train->add_option("-c,--config", args->files, "Config file; repeat to stack them (later wins)")
-      ->allow_extra_args(false);
-  train->add_option("overrides", args->overrides, "key.sub=value overrides, applied last");
+  add_config_arguments(*train, *args);
   train->add_option("--run-dir", args->run_dir, "Run directory (default runs/run-<time>)");
-  train->add_flag("--dump-config", args->dump_config, "Print the resolved config and exit");
-  train->footer("Precedence: built-in defaults < config files (in order) < key=value overrides.");
   train->callback([args, &action] {
     action = [args] {
-      const YAML::Node resolved = config::resolve_run_config(args->files, args->overrides);
-      if (args->dump_config) {
-        std::cout << YAML::Dump(resolved) << "\n";
-        return;
-      }
+      const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
+      if (!resolved) return;
       const std::string run_dir = args->run_dir.empty() ? default_run_dir() : args->run_dir;
-      train::Trainer trainer(resolved, run_dir);
+      train::Trainer trainer(*resolved, run_dir);
       print_summary(trainer.run(), run_dir);
     };
   });
