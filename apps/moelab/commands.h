@@ -35,7 +35,8 @@ void register_bench_command(CLI::App& app, Action& action);
 /// `moelab info -c CONFIG ...`: a model's size and cost, or the resolved config.
 void register_info_command(CLI::App& app, Action& action);
 
-/// `moelab train -c CONFIG ...` and `moelab resume RUN_DIR`.
-void register_train_commands(CLI::App& app, Action& action);
+/// Commands on runs: `moelab train -c CONFIG ...`, `moelab resume RUN_DIR`,
+/// `moelab eval RUN_DIR_OR_CHECKPOINT`, `moelab export RUN_DIR --out DIR`.
+void register_run_commands(CLI::App& app, Action& action);
 
 }  // namespace moelab::app

@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   moelab::app::Action action;
   moelab::app::register_bench_command(app, action);
   moelab::app::register_info_command(app, action);
-  moelab::app::register_train_commands(app, action);
+  moelab::app::register_run_commands(app, action);
 
   try {
     app.parse(argc, argv);

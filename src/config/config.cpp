@@ -117,4 +117,38 @@ std::string nearest(const std::string& key, const std::vector<std::string>& cand
   return best;
 }
 
+nlohmann::json to_json(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: {
+      nlohmann::json out = nlohmann::json::object();
+      for (const auto& item : node) out[item.first.as<std::string>()] = to_json(item.second);
+      return out;
+    }
+    case YAML::NodeType::Sequence: {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& item : node) out.push_back(to_json(item));
+      return out;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string text = node.Scalar();
+      if (text == "true") return true;
+      if (text == "false") return false;
+      if (text == "null" || text == "~") return nullptr;
+      if (node.Tag() == "!") return text;  // quoted in the YAML: a string whatever it looks like
+      size_t used = 0;
+      try {
+        const long long integer = std::stoll(text, &used);
+        if (used == text.size()) return integer;
+        const double number = std::stod(text, &used);
+        if (used == text.size()) return number;
+      } catch (const std::exception&) {
+        // not a number
+      }
+      return text;
+    }
+    default:
+      return nullptr;
+  }
+}
+
 }  // namespace moelab::config

@@ -97,20 +97,35 @@ void visit(V& v, train::ScheduleOptions& o) {
 }
 
 template <typename V>
+void visit(V& v, train::MonitorOptions& o) {
+  v.field("metric", o.metric());
+  v.field("mode", o.mode());
+  v.field("min_delta", o.min_delta());
+  v.field("patience", o.patience());
+  v.field("keep_best", o.keep_best());
+}
+
+template <typename V>
 void visit(V& v, train::TrainOptions& o) {
   v.field("max_steps", o.max_steps());
+  v.field("epochs", o.epochs());
   v.field("batch_size", o.batch_size());
   v.field("grad_accumulation", o.grad_accumulation());
   v.field("clip_grad_norm", o.clip_grad_norm());
   v.field("val_fraction", o.val_fraction());
   v.field("log_every", o.log_every());
   v.field("eval_every", o.eval_every());
+  v.field("eval_each_epoch", o.eval_each_epoch());
   v.field("checkpoint_every", o.checkpoint_every());
+  v.field("checkpoint_every_minutes", o.checkpoint_every_minutes());
   v.field("keep_last", o.keep_last());
+  v.field("max_time", o.max_time());
+  v.field("precision", o.precision());
   v.field("seed", o.seed());
   v.field("max_nonfinite_steps", o.max_nonfinite_steps());
   v.group("optimizer", [&](V& sub) { visit(sub, o.optimizer()); });
   v.group("schedule", [&](V& sub) { visit(sub, o.schedule()); });
+  v.group("monitor", [&](V& sub) { visit(sub, o.monitor()); });
 }
 
 template <typename V>

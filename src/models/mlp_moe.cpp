@@ -32,12 +32,13 @@ ModelOutput MLPMoEImpl::forward(const at::Tensor& x) {
   at::Tensor h = input->forward(x);
   out.aux_loss = at::zeros({}, h.options());
   for (size_t l = 0; l < blocks.size(); ++l) {
-    nn::MoEOutput moe = blocks[l]->forward(norms[l]->forward(h));
+    // Norms take float32 (bf16 autocast leaves them to the caller on LibTorch 1.13's CPU).
+    nn::MoEOutput moe = blocks[l]->forward(norms[l]->forward(h.to(at::kFloat)));
     h = h + moe.output;
     out.aux_loss = out.aux_loss + moe.aux_loss;
     out.moe_layers.push_back(std::move(moe));
   }
-  out.logits = head->forward(final_norm->forward(h));
+  out.logits = head->forward(final_norm->forward(h.to(at::kFloat)));
   return out;
 }
 

@@ -1,5 +1,7 @@
 #include "moelab/nn/moe_layer.h"
 
+#include "moelab/util/runtime.h"
+
 namespace moelab::nn {
 
 MoELayerImpl::MoELayerImpl(MoELayerOptions options_) : options(std::move(options_)) { reset(); }
@@ -224,8 +226,12 @@ at::Tensor scatter_rows(const at::Tensor& routed, const at::Tensor& rows, int64_
 
 }  // namespace
 
-MoEOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& padding_mask,
+MoEOutput MoELayerImpl::forward(const at::Tensor& input, const at::Tensor& padding_mask,
                                 const at::Tensor& token_ids) {
+  // Under bf16 autocast the layer computes in float32: routing decisions are precision-sensitive
+  // (Switch Transformer's selective precision) and the sorted-dispatch kernels are float32.
+  AutocastDisabled float32_island;
+  const at::Tensor x = float32_island.was_enabled() ? input.to(at::kFloat) : input;
   const int64_t d_model = options.d_model();
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == d_model, "MoELayer: input's last dim (",
               x.dim() >= 1 ? x.size(-1) : 0, ") must equal d_model (", d_model, "); input is ",

@@ -116,6 +116,7 @@ void RouterImpl::reset() {
   }
   if (o.kind() == RouterKind::kRandom) {
     generator_ = at::detail::createCPUGenerator(o.seed());
+    generator_state = register_buffer("generator_state", generator_.get_state());
   }
 }
 
@@ -154,7 +155,9 @@ RouterOutput RouterImpl::forward(const at::Tensor& x, const at::Tensor& token_id
 
   switch (o.kind()) {
     case RouterKind::kRandom: {
+      generator_.set_state(generator_state.cpu());
       auto selection = random_route(num_tokens, o.num_experts(), k, generator_, weight_options);
+      generator_state.copy_(generator_.get_state());
       out.indices = selection.indices;
       out.weights = selection.weights;
       return out;

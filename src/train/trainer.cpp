@@ -1,6 +1,7 @@
 #include "moelab/train/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -15,9 +16,11 @@
 #include "moelab/config/run_config.h"
 #include "moelab/io/safetensors.h"
 #include "moelab/train/checkpoint.h"
+#include "moelab/train/evaluation.h"
 #include "moelab/util/errors.h"
 
 namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
 
 namespace moelab::train {
 
@@ -100,6 +103,50 @@ bool gradients_are_finite(const torch::nn::Module& module) {
 
 }  // namespace
 
+void validate(const TrainOptions& o) {
+  auto require = [](bool ok, const std::string& key, const std::string& rule) {
+    if (!ok) throw ConfigError("train." + key + ": must be " + rule);
+  };
+  require(o.max_steps() >= 1, "max_steps", ">= 1");
+  require(o.epochs() >= 0, "epochs", ">= 0");
+  require(o.batch_size() >= 1, "batch_size", ">= 1");
+  require(o.grad_accumulation() >= 1, "grad_accumulation", ">= 1");
+  require(o.clip_grad_norm() >= 0, "clip_grad_norm", ">= 0");
+  require(o.val_fraction() >= 0 && o.val_fraction() < 1, "val_fraction", "in [0, 1)");
+  require(o.log_every() >= 1, "log_every", ">= 1");
+  require(o.eval_every() >= 0, "eval_every", ">= 0");
+  require(o.checkpoint_every() >= 0, "checkpoint_every", ">= 0");
+  require(o.checkpoint_every_minutes() >= 0, "checkpoint_every_minutes", ">= 0");
+  require(o.keep_last() >= 1, "keep_last", ">= 1");
+  require(o.max_nonfinite_steps() >= 1, "max_nonfinite_steps", ">= 1");
+  require(o.optimizer().lr() > 0, "optimizer.lr", "> 0");
+  parse_duration(o.max_time(), "train.max_time");
+  parse_precision(o.precision(), "train.precision");
+  validate(o.monitor(), "train.monitor");
+  if (o.monitor().patience() > 0 && o.val_fraction() == 0) {
+    throw ConfigError("train.monitor.patience: early stopping needs a validation set; set "
+                      "train.val_fraction > 0");
+  }
+}
+
+std::string to_string(StopReason reason) {
+  switch (reason) {
+    case StopReason::kCompleted: return "completed";
+    case StopReason::kEarlyStopping: return "early_stopping";
+    case StopReason::kTimeLimit: return "time_limit";
+    case StopReason::kSignal: return "signal";
+  }
+  return "?";
+}
+
+const std::vector<std::string>& resume_overridable_keys() {
+  static const std::vector<std::string> keys{
+      "train.max_steps",        "train.epochs",   "train.max_time",
+      "train.checkpoint_every", "train.checkpoint_every_minutes",
+      "train.keep_last",        "train.monitor.patience"};
+  return keys;
+}
+
 std::string latest_checkpoint(const std::string& run_dir) {
   auto dirs = checkpoint_dirs(run_dir);
   for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
@@ -111,6 +158,21 @@ std::string latest_checkpoint(const std::string& run_dir) {
     }
   }
   return "";
+}
+
+std::string best_checkpoint(const std::string& run_dir) {
+  const std::string latest = latest_checkpoint(run_dir);
+  if (latest.empty()) return "";
+  const auto state = verify_checkpoint(latest)["metadata"].value("early_stopping", nlohmann::json{});
+  const int64_t best_step = state.value("best_step", int64_t{-1});
+  if (best_step < 0) return "";
+  const std::string best = (fs::path(run_dir) / kCheckpointDir / checkpoint_name(best_step)).string();
+  try {
+    verify_checkpoint(best);
+    return best;
+  } catch (const CheckpointError&) {
+    return "";
+  }
 }
 
 Trainer::Trainer(const YAML::Node& resolved_config, const std::string& run_dir)
@@ -131,6 +193,9 @@ Trainer::Trainer(const YAML::Node& resolved_config, const std::string& run_dir)
 Trainer::Trainer(const YAML::Node& resolved_config, const std::string& run_dir, Resumed)
     : config_(config::clone(resolved_config)), run_dir_(run_dir) {
   options_ = config::train_options(config_);
+  precision_ = parse_precision(options_.precision(), "train.precision");
+  check_precision_supported(precision_, "train.precision");
+  early_stopping_ = EarlyStopping(options_.monitor());
   build();
 }
 
@@ -139,48 +204,46 @@ Trainer::~Trainer() = default;
 void Trainer::build() {
   torch::manual_seed(options_.seed());
   model_ = config::build_model(config_);
-  data::LabelledVectors all = data::make_synthetic_mixture(config::data_options(config_));
-  const int64_t n = all.features.size(0);
-  const auto n_val = static_cast<int64_t>(std::floor(options_.val_fraction() * n));
-  at::Tensor split = epoch_permutation(options_.seed(), /*epoch=*/-1, n);
-  auto take = [&](const at::Tensor& rows) {
-    return data::LabelledVectors{all.features.index_select(0, rows),
-                                 all.labels.index_select(0, rows),
-                                 all.clusters.index_select(0, rows)};
-  };
-  val_set_ = take(split.narrow(0, 0, n_val));
-  train_set_ = take(split.narrow(0, n_val, n - n_val));
-  if (train_set_.features.size(0) < options_.batch_size()) {
+  data_ = config::load_data(config_);
+  const int64_t train_size = data_.train.size();
+  if (train_size < options_.batch_size()) {
     throw ConfigError("train.batch_size (" + std::to_string(options_.batch_size()) +
-                      ") exceeds the " + std::to_string(train_set_.features.size(0)) +
-                      " training samples");
+                      ") exceeds the " + std::to_string(train_size) + " training samples");
+  }
+  if (options_.epochs() > 0) {
+    const int64_t micro_batches_per_epoch = train_size / options_.batch_size();
+    total_steps_ = (options_.epochs() * micro_batches_per_epoch + options_.grad_accumulation() - 1) /
+                   options_.grad_accumulation();
+  } else {
+    total_steps_ = options_.max_steps();
   }
   std::vector<at::Tensor> params = model_->parameters();
   optimizer_ = make_optimizer(params, options_.optimizer());
-  epoch_order_ = epoch_permutation(options_.seed(), epoch_, train_set_.features.size(0));
+  epoch_order_ = epoch_permutation(options_.seed(), epoch_, train_size);
+}
+
+void Trainer::set_console(ConsoleMode mode, std::ostream& out) {
+  console_mode_ = mode;
+  console_ = &out;
+}
+
+bool Trainer::epoch_exhausted() const {
+  return cursor_ + options_.batch_size() > data_.train.size();
 }
 
 at::Tensor Trainer::next_batch() {
-  const int64_t size = train_set_.features.size(0), batch = options_.batch_size();
-  if (cursor_ + batch > size) {  // drop the last partial batch, start the next epoch
+  if (epoch_exhausted()) {  // drop the last partial batch, start the next epoch
     ++epoch_;
     cursor_ = 0;
-    epoch_order_ = epoch_permutation(options_.seed(), epoch_, size);
+    epoch_order_ = epoch_permutation(options_.seed(), epoch_, data_.train.size());
   }
-  at::Tensor rows = epoch_order_.narrow(0, cursor_, batch);
-  cursor_ += batch;
+  at::Tensor rows = epoch_order_.narrow(0, cursor_, options_.batch_size());
+  cursor_ += options_.batch_size();
   return rows;
 }
 
-std::pair<double, double> Trainer::evaluate() {
-  if (val_set_.features.size(0) == 0) return {0.0, 0.0};
-  torch::NoGradGuard no_grad;
-  model_->eval();
-  auto out = model_->forward(val_set_.features);
-  model_->train();
-  const double loss = at::cross_entropy_loss(out.logits, val_set_.labels).item<double>();
-  const double accuracy = out.logits.argmax(-1).eq(val_set_.labels).to(at::kDouble).mean().item<double>();
-  return {loss, accuracy};
+double Trainer::seconds_trained() const {
+  return seconds_before_ + std::chrono::duration<double>(Clock::now() - process_start_).count();
 }
 
 void Trainer::append_metrics(const std::string& line) {
@@ -190,34 +253,69 @@ void Trainer::append_metrics(const std::string& line) {
 }
 
 TrainSummary Trainer::run(int64_t stop_at_step) {
-  const int64_t last = stop_at_step > 0 ? std::min(stop_at_step, options_.max_steps())
-                                        : options_.max_steps();
+  const int64_t last = stop_at_step > 0 ? std::min(stop_at_step, total_steps_) : total_steps_;
+  const double max_seconds = parse_duration(options_.max_time(), "train.max_time");
+  const double checkpoint_seconds = options_.checkpoint_every_minutes() * 60.0;
+  const int64_t eval_batch = std::max<int64_t>(options_.batch_size(), 256);
   TrainSummary summary;
+  summary.total_steps = total_steps_;
   model_->train();
   double interval_loss = 0, interval_task = 0, interval_aux = 0, interval_correct = 0;
+  double running_loss = std::nan("");
   int64_t interval_samples = 0, interval_steps = 0;
-  auto interval_start = std::chrono::steady_clock::now();
-  while (step_ < last) {
-    const double lr = learning_rate_at(step_, options_.max_steps(), options_.optimizer().lr(),
+  process_start_ = Clock::now();
+  auto interval_start = Clock::now(), last_checkpoint_time = Clock::now(), last_draw = Clock::now();
+
+  auto say = [&](const std::string& line) {
+    if (console_mode_ == ConsoleMode::kSilent) return;
+    if (console_mode_ == ConsoleMode::kProgressBar) *console_ << "\r\033[K";
+    *console_ << line << std::endl;
+  };
+  auto draw_bar = [&](bool force) {
+    if (console_mode_ != ConsoleMode::kProgressBar) return;
+    if (!force && Clock::now() - last_draw < std::chrono::milliseconds(100)) return;
+    last_draw = Clock::now();
+    *console_ << "\r\033[K"
+              << format_progress_bar(step_, total_steps_, running_loss, seconds_trained())
+              << std::flush;
+  };
+
+  // A run that stopped early or ran out of time stays stopped until a resume raises the limit.
+  StopReason stop = StopReason::kCompleted;
+  if (early_stopping_.should_stop()) {
+    stop = StopReason::kEarlyStopping;
+  } else if (max_seconds > 0 && seconds_before_ >= max_seconds) {
+    stop = StopReason::kTimeLimit;
+  }
+  while (step_ < last && stop == StopReason::kCompleted) {
+    const double lr = learning_rate_at(step_, total_steps_, options_.optimizer().lr(),
                                        options_.schedule());
     set_learning_rate(*optimizer_, lr);
     optimizer_->zero_grad();
     std::vector<nn::MoEOutput> routing;
     bool finite = true;
     for (int64_t micro = 0; micro < options_.grad_accumulation(); ++micro) {
-      at::Tensor rows = next_batch();
-      at::Tensor x = train_set_.features.index_select(0, rows);
-      at::Tensor y = train_set_.labels.index_select(0, rows);
-      auto out = model_->forward(x);
-      at::Tensor task = at::cross_entropy_loss(out.logits, y);
-      at::Tensor loss = task + out.aux_loss;
+      data::LabelledSet batch = data_.train.rows(next_batch());
+      if (data_.augment) batch.inputs = data_.augment(batch.inputs);
+      at::Tensor task, loss;
+      models::ModelOutput out;
+      {
+        AutocastScope autocast(precision_);
+        out = model_->forward(batch.inputs);
+        task = at::cross_entropy_loss(out.logits.to(at::kFloat), batch.labels);
+        loss = task + out.aux_loss.to(at::kFloat);
+      }
       (loss / static_cast<double>(options_.grad_accumulation())).backward();
-      interval_loss += loss.item<double>();
+      const double loss_value = loss.item<double>();
+      interval_loss += loss_value;
       interval_task += task.item<double>();
       interval_aux += out.aux_loss.item<double>();
-      interval_correct += out.logits.argmax(-1).eq(y).sum().item<double>();
-      interval_samples += y.size(0);
-      finite = finite && std::isfinite(loss.item<double>());
+      interval_correct += out.logits.argmax(-1).eq(batch.labels).sum().item<double>();
+      interval_samples += batch.size();
+      finite = finite && std::isfinite(loss_value);
+      if (std::isfinite(loss_value)) {
+        running_loss = std::isnan(running_loss) ? loss_value : 0.95 * running_loss + 0.05 * loss_value;
+      }
       routing = std::move(out.moe_layers);
     }
     finite = finite && gradients_are_finite(*model_);
@@ -233,9 +331,13 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
         throw TrainingError(
             "train: " + std::to_string(nonfinite_in_a_row_) +
             " steps in a row had a non-finite loss or gradient (at step " +
-            std::to_string(step_) + "); the state is saved in " + run_dir_ + "/" +
-            kCheckpointDir + "/" + checkpoint_name(step_) +
+            std::to_string(step_) + "); the state is saved in " + last_checkpoint_ +
             ". HINT: lower train.optimizer.lr, set train.clip_grad_norm, or check the data");
+      }
+      if (stop_requested()) {
+        stop = StopReason::kSignal;
+        save_checkpoint();
+        break;
       }
       continue;
     }
@@ -251,48 +353,92 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     ++interval_steps;
 
     if (step_ % options_.log_every() == 0 || step_ == last) {
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                           interval_start).count();
+      const double seconds = std::chrono::duration<double>(Clock::now() - interval_start).count();
       const double micro_batches = static_cast<double>(interval_steps * options_.grad_accumulation());
       summary.final_train_loss = interval_loss / micro_batches;
+      const double accuracy = interval_correct / interval_samples;
+      const double samples_per_s = interval_samples / std::max(seconds, 1e-9);
       append_metrics(nlohmann::json{{"kind", "train"},
                                     {"step", step_},
                                     {"epoch", epoch_},
                                     {"loss", summary.final_train_loss},
                                     {"task_loss", interval_task / micro_batches},
                                     {"aux_loss", interval_aux / micro_batches},
-                                    {"accuracy", interval_correct / interval_samples},
+                                    {"accuracy", accuracy},
                                     {"lr", lr},
                                     {"skipped_steps", nonfinite_total_},
-                                    {"samples_per_s", interval_samples / std::max(seconds, 1e-9)},
+                                    {"samples_per_s", samples_per_s},
                                     {"moe_layers", routing_json(routing)}}
                          .dump());
+      if (console_mode_ == ConsoleMode::kLines) {
+        say(fmt::format("step {}/{}  loss {:.4f}  accuracy {:.4f}  lr {:.3g}  {:.0f} samples/s  "
+                        "elapsed {}",
+                        step_, total_steps_, summary.final_train_loss, accuracy, lr,
+                        samples_per_s, format_clock(seconds_trained())));
+      }
       interval_loss = interval_task = interval_aux = interval_correct = 0;
       interval_samples = interval_steps = 0;
-      interval_start = std::chrono::steady_clock::now();
+      interval_start = Clock::now();
     }
-    const bool evaluate_now = (options_.eval_every() > 0 && step_ % options_.eval_every() == 0) ||
-                              step_ == options_.max_steps();
+
+    const bool evaluate_now = data_.val.size() > 0 &&
+                              ((options_.eval_every() > 0 && step_ % options_.eval_every() == 0) ||
+                               step_ == total_steps_ ||
+                               (options_.eval_each_epoch() && epoch_exhausted()));
     if (evaluate_now) {
-      std::tie(summary.val_loss, summary.val_accuracy) = evaluate();
+      const Evaluation result = evaluate(*model_, data_.val, eval_batch, precision_);
+      model_->train();
+      summary.evaluated = true;
+      summary.val_loss = result.loss;
+      summary.val_accuracy = result.accuracy;
+      const double monitored =
+          options_.monitor().metric() == "val_accuracy" ? result.accuracy : result.loss;
+      const bool improved = early_stopping_.update(monitored, step_);
       append_metrics(nlohmann::json{{"kind", "eval"},
                                     {"step", step_},
-                                    {"val_loss", summary.val_loss},
-                                    {"val_accuracy", summary.val_accuracy}}
+                                    {"epoch", epoch_},
+                                    {"val_loss", result.loss},
+                                    {"val_accuracy", result.accuracy},
+                                    {"best_step", early_stopping_.best_step()}}
                          .dump());
+      say(fmt::format("eval step {}: val loss {:.4f}, val accuracy {:.4f}{}", step_, result.loss,
+                      result.accuracy, improved ? " (best)" : ""));
+      if (improved && options_.monitor().keep_best()) save_checkpoint();
     }
-    if ((options_.checkpoint_every() > 0 && step_ % options_.checkpoint_every() == 0) ||
-        step_ == last) {
+
+    if (early_stopping_.should_stop()) {
+      stop = StopReason::kEarlyStopping;
+    } else if (max_seconds > 0 && seconds_trained() >= max_seconds) {
+      stop = StopReason::kTimeLimit;
+    } else if (stop_requested()) {
+      stop = StopReason::kSignal;
+    }
+    const bool checkpoint_now =
+        (options_.checkpoint_every() > 0 && step_ % options_.checkpoint_every() == 0) ||
+        step_ == last || stop != StopReason::kCompleted ||
+        (checkpoint_seconds > 0 &&
+         std::chrono::duration<double>(Clock::now() - last_checkpoint_time).count() >=
+             checkpoint_seconds);
+    if (checkpoint_now) {
       save_checkpoint();
+      last_checkpoint_time = Clock::now();
     }
+    draw_bar(step_ == last);
+    if (stop != StopReason::kCompleted) break;
   }
+  if (console_mode_ == ConsoleMode::kProgressBar) *console_ << "\n";
   summary.steps = step_;
   summary.skipped_steps = nonfinite_total_;
+  summary.stop_reason = stop;
+  summary.checkpoint = last_checkpoint_;
+  summary.best_step = early_stopping_.best_step();
+  summary.best_value = early_stopping_.best_value();
   return summary;
 }
 
 void Trainer::save_checkpoint() {
   const fs::path directory = fs::path(run_dir_) / kCheckpointDir / checkpoint_name(step_);
+  last_checkpoint_ = directory.string();
   if (fs::exists(directory)) return;  // this step is saved already
   FileWriters files{
       {"model.safetensors", [&](const std::string& p) { save_module_weights(*model_, p); }},
@@ -313,9 +459,17 @@ void Trainer::save_checkpoint() {
                     {"epoch", epoch_},
                     {"cursor", cursor_},
                     {"nonfinite_in_a_row", nonfinite_in_a_row_},
-                    {"nonfinite_total", nonfinite_total_}});
+                    {"nonfinite_total", nonfinite_total_},
+                    {"train_seconds", seconds_trained()},
+                    {"early_stopping", early_stopping_.state()}});
+  const bool keep_best = options_.monitor().keep_best() && early_stopping_.has_best();
+  const std::string best_name = keep_best ? checkpoint_name(early_stopping_.best_step()) : "";
   auto dirs = checkpoint_dirs(run_dir_);
-  for (size_t i = 0; i + options_.keep_last() < dirs.size(); ++i) fs::remove_all(dirs[i]);
+  int64_t newer = 0;  // checkpoints newer than the one looked at, the kept best excluded
+  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
+    if (it->filename() == best_name) continue;
+    if (++newer > options_.keep_last()) fs::remove_all(*it);
+  }
 }
 
 void Trainer::load_checkpoint(const std::string& directory) {
@@ -326,7 +480,9 @@ void Trainer::load_checkpoint(const std::string& directory) {
   cursor_ = meta.at("cursor").get<int64_t>();
   nonfinite_in_a_row_ = meta.value("nonfinite_in_a_row", int64_t{0});
   nonfinite_total_ = meta.value("nonfinite_total", int64_t{0});
-  epoch_order_ = epoch_permutation(options_.seed(), epoch_, train_set_.features.size(0));
+  seconds_before_ = meta.value("train_seconds", 0.0);
+  early_stopping_.load_state(meta.value("early_stopping", nlohmann::json::object()));
+  epoch_order_ = epoch_permutation(options_.seed(), epoch_, data_.train.size());
   load_module_weights(*model_, directory + "/model.safetensors");
   torch::serialize::InputArchive archive;
   archive.load_from(directory + "/optimizer.pt");
@@ -334,16 +490,32 @@ void Trainer::load_checkpoint(const std::string& directory) {
   at::Tensor rng = io::load_safetensors(directory + "/rng.safetensors").tensors.at("cpu");
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(rng);
+  last_checkpoint_ = directory;
 }
 
-std::unique_ptr<Trainer> Trainer::resume(const std::string& run_dir) {
+std::unique_ptr<Trainer> Trainer::resume(const std::string& run_dir,
+                                         const std::vector<std::string>& overrides) {
   const std::string directory = latest_checkpoint(run_dir);
   if (directory.empty()) {
     throw CheckpointError(run_dir + ": no complete checkpoint to resume from");
   }
-  const YAML::Node config = config::load_file(directory + "/config.yaml");
+  YAML::Node config = config::load_file(directory + "/config.yaml");
+  const auto& allowed = resume_overridable_keys();
+  for (const auto& assignment : overrides) {
+    const std::string key = assignment.substr(0, assignment.find('='));
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+      std::string list;
+      for (const auto& k : allowed) list += (list.empty() ? "" : ", ") + k;
+      throw ConfigError(key + ": cannot change on resume (the continued run would differ from "
+                        "its checkpoint); a resume may change " + list);
+    }
+    config::apply_override(config, assignment);
+  }
   std::unique_ptr<Trainer> trainer(new Trainer(config, run_dir, Resumed{}));
   trainer->load_checkpoint(directory);
+  if (!overrides.empty()) {
+    std::ofstream(fs::path(run_dir) / "config.yaml") << YAML::Dump(trainer->config_) << "\n";
+  }
   // Metric lines written after the checkpoint belong to a future that is now rewritten.
   const fs::path metrics = fs::path(run_dir) / "metrics.jsonl";
   if (fs::exists(metrics)) {

@@ -135,3 +135,12 @@ TEST_F(ConfigTest, MoELayerOptionsRejectUnknownKeysAndWrongTypes) {
   EXPECT_EQ(read("aux: {z_loss: [1]}"),
             "model.moe.aux.z_loss: expected a number, got a list or section");
 }
+
+TEST(ConfigJsonTest, ScalarsBecomeTypedJson) {
+  const YAML::Node node = YAML::Load(
+      "a: 3\nb: 2.5e-3\nc: true\nd: relu\ne: [1, x]\nf: {g: null}\nh: '42'\ni: ''\nj: -7\n");
+  const nlohmann::json expected = nlohmann::json::parse(
+      R"({"a": 3, "b": 0.0025, "c": true, "d": "relu", "e": [1, "x"], "f": {"g": null},
+          "h": "42", "i": "", "j": -7})");
+  EXPECT_EQ(cfg::to_json(node), expected);
+}

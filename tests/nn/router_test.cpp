@@ -168,6 +168,22 @@ TEST(RouterTest, RandomRoutingIsSeededAndDistinct) {
   EXPECT_TRUE(make(0)->parameters().empty());
 }
 
+TEST(RouterTest, RandomRoutingStateTravelsInTheGeneratorBuffer) {
+  auto make = [](uint64_t seed) {
+    return Router(RouterOptions(8, 8).kind(RouterKind::kRandom).top_k(2).seed(seed));
+  };
+  at::Tensor x = torch::randn({20, 8});
+  Router straight = make(3);
+  straight->forward(x);
+  const at::Tensor second = straight->forward(x).indices;
+  // A router restored from a checkpoint taken after one draw continues the same sequence.
+  Router saved = make(3);
+  saved->forward(x);
+  Router restored = make(99);
+  restored->generator_state.copy_(saved->named_buffers()["generator_state"]);
+  EXPECT_TRUE(torch::equal(restored->forward(x).indices, second));
+}
+
 TEST(RouterTest, HashRoutingDependsOnlyOnTheId) {
   Router router(RouterOptions(4, 5).kind(RouterKind::kHash).top_k(2));
   at::Tensor ids = torch::tensor({3, 17, 3, 42}, torch::kLong);

@@ -5,12 +5,18 @@
 
 #include <filesystem>
 #include <fstream>
+#include <csignal>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
 
 #include "moelab/config/run_config.h"
 #include "moelab/io/safetensors.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/schedule.h"
+#include "moelab/train/stopping.h"
 #include "moelab/train/trainer.h"
+#include "moelab/config/config.h"
 #include "moelab/util/errors.h"
 #include "support/fixtures.h"
 
@@ -36,6 +42,23 @@ class TrainerTest : public moelab::testing::TempDirTest {
              "train.grad_accumulation=2", "train.clip_grad_norm=1.0", "train.log_every=5",
              "train.eval_every=10", "train.schedule.kind=cosine", "train.schedule.warmup_steps=3",
              "train.optimizer.lr=0.01"});
+  }
+
+  static void expect_same_weights(const std::string& checkpoint_a, const std::string& checkpoint_b) {
+    auto a = moelab::io::load_safetensors(checkpoint_a + "/model.safetensors");
+    auto b = moelab::io::load_safetensors(checkpoint_b + "/model.safetensors");
+    ASSERT_EQ(a.tensors.size(), b.tensors.size());
+    for (const auto& [name, tensor] : a.tensors) {
+      EXPECT_TRUE(torch::equal(tensor, b.tensors.at(name))) << name;
+    }
+  }
+
+  static std::vector<nlohmann::json> lines_of_kind(const std::string& run_dir, const std::string& kind) {
+    std::vector<nlohmann::json> out;
+    for (auto& line : metrics(run_dir)) {
+      if (line["kind"] == kind) out.push_back(line);
+    }
+    return out;
   }
 
   static std::vector<nlohmann::json> metrics(const std::string& run_dir) {
@@ -146,4 +169,157 @@ TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenTheRunStopsWithItsStateSaved) {
   auto manifest = verify_checkpoint(saved);
   EXPECT_EQ(manifest["metadata"]["step"], stopped_at);
   EXPECT_EQ(manifest["metadata"]["nonfinite_in_a_row"], 3);
+}
+
+TEST_F(TrainerTest, EarlyStoppingStopsAfterPatienceAndKeepsTheBestCheckpoint) {
+  YAML::Node config = tiny_config(40);
+  config["train"]["eval_every"] = 5;
+  config["train"]["keep_last"] = 1;
+  config["train"]["monitor"]["min_delta"] = 100.0;  // nothing improves on the first evaluation
+  config["train"]["monitor"]["patience"] = 2;
+  Trainer trainer(config, dir("run"));
+  const TrainSummary summary = trainer.run();
+  EXPECT_EQ(summary.stop_reason, StopReason::kEarlyStopping);
+  EXPECT_EQ(summary.steps, 15);
+  EXPECT_EQ(summary.best_step, 5);
+  EXPECT_EQ(lines_of_kind(dir("run"), "eval").size(), 3u);
+  // The last checkpoint (keep_last 1) plus the best one.
+  EXPECT_TRUE(fs::exists(dir("run") + "/checkpoints/step-00000005"));
+  EXPECT_TRUE(fs::exists(dir("run") + "/checkpoints/step-00000015"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir("run") + "/checkpoints"), fs::directory_iterator{}), 2);
+  EXPECT_EQ(best_checkpoint(dir("run")), dir("run") + "/checkpoints/step-00000005");
+  // The early-stopping state is in the checkpoint: a resume stops again at once, unless it
+  // raises the patience.
+  const TrainSummary again = Trainer::resume(dir("run"))->run();
+  EXPECT_EQ(again.stop_reason, StopReason::kEarlyStopping);
+  EXPECT_EQ(again.steps, 15);
+  EXPECT_EQ(Trainer::resume(dir("run"), {"train.monitor.patience=3"})->run().steps, 20);
+}
+
+TEST_F(TrainerTest, KeepsTheLastKPlusTheBest) {
+  YAML::Node config = tiny_config(20);
+  config["train"]["eval_every"] = 5;
+  config["train"]["checkpoint_every"] = 5;
+  config["train"]["keep_last"] = 2;
+  config["train"]["monitor"]["metric"] = "val_accuracy";
+  config["train"]["monitor"]["mode"] = "max";
+  config["train"]["monitor"]["min_delta"] = 2.0;  // accuracy cannot improve by 2: step 5 stays best
+  Trainer(config, dir("run")).run();
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir("run") + "/checkpoints")) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"step-00000005", "step-00000015", "step-00000020"}));
+}
+
+TEST_F(TrainerTest, TimeLimitStopsWithACheckpointAndResumeFinishesExactly) {
+  {
+    Trainer straight(tiny_config(30), dir("straight"));
+    straight.run();
+  }
+  YAML::Node config = tiny_config(30);
+  config["train"]["max_time"] = "1ms";
+  Trainer limited(config, dir("limited"));
+  const TrainSummary summary = limited.run();
+  EXPECT_EQ(summary.stop_reason, StopReason::kTimeLimit);
+  EXPECT_GE(summary.steps, 1);
+  EXPECT_LT(summary.steps, 30);
+  EXPECT_EQ(latest_checkpoint(dir("limited")), summary.checkpoint);
+  EXPECT_EQ(verify_checkpoint(summary.checkpoint)["metadata"]["step"], summary.steps);
+  // Without a longer limit the resumed run stops again at once...
+  const TrainSummary again = Trainer::resume(dir("limited"))->run();
+  EXPECT_EQ(again.stop_reason, StopReason::kTimeLimit);
+  EXPECT_EQ(again.steps, summary.steps);
+  // ...with one it finishes, on exactly the weights of the uninterrupted run.
+  auto resumed = Trainer::resume(dir("limited"), {"train.max_time=1h"});
+  EXPECT_EQ(resumed->run().stop_reason, StopReason::kCompleted);
+  expect_same_weights(dir("straight") + "/checkpoints/step-00000030",
+                      dir("limited") + "/checkpoints/step-00000030");
+  EXPECT_EQ(lines_of_kind(dir("straight"), "eval"), lines_of_kind(dir("limited"), "eval"));
+}
+
+TEST_F(TrainerTest, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
+  {
+    Trainer straight(tiny_config(60), dir("straight"));
+    straight.run();
+  }
+  clear_stop_request();
+  install_stop_signal_handlers();
+  Trainer interrupted(tiny_config(60), dir("interrupted"));
+  // The signal comes from another thread once training is under way (the first metric line).
+  std::thread sender([&] {
+    while (!fs::exists(dir("interrupted") + "/metrics.jsonl")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ::kill(::getpid(), SIGTERM);
+  });
+  const TrainSummary summary = interrupted.run();
+  sender.join();
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  clear_stop_request();
+  ASSERT_EQ(summary.stop_reason, StopReason::kSignal);
+  EXPECT_GE(summary.steps, 5);
+  EXPECT_LT(summary.steps, 60);
+  EXPECT_EQ(latest_checkpoint(dir("interrupted")), summary.checkpoint);
+  EXPECT_EQ(verify_checkpoint(summary.checkpoint)["metadata"]["step"], summary.steps);
+
+  auto resumed = Trainer::resume(dir("interrupted"));
+  EXPECT_EQ(resumed->step(), summary.steps);
+  EXPECT_EQ(resumed->run().steps, 60);
+  expect_same_weights(dir("straight") + "/checkpoints/step-00000060",
+                      dir("interrupted") + "/checkpoints/step-00000060");
+  EXPECT_EQ(lines_of_kind(dir("straight"), "eval"), lines_of_kind(dir("interrupted"), "eval"));
+}
+
+TEST_F(TrainerTest, EpochsSetTheStepCountAndEvaluateAtEachEpochEnd) {
+  // 600 samples, 540 for training: 16 micro-batches of 32 per epoch, 8 steps of 2.
+  YAML::Node config = tiny_config(1000);
+  config["train"]["epochs"] = 2;
+  config["train"]["eval_every"] = 0;
+  config["train"]["eval_each_epoch"] = true;
+  Trainer trainer(config, dir("run"));
+  EXPECT_EQ(trainer.total_steps(), 16);
+  EXPECT_EQ(trainer.run().steps, 16);
+  std::vector<int64_t> eval_steps;
+  for (const auto& line : lines_of_kind(dir("run"), "eval")) eval_steps.push_back(line["step"]);
+  EXPECT_EQ(eval_steps, (std::vector<int64_t>{8, 16}));
+}
+
+TEST_F(TrainerTest, Bf16AutocastTrainsWithFloat32Weights) {
+  YAML::Node config = tiny_config(30);
+  config["train"]["precision"] = "bf16";
+  Trainer trainer(config, dir("run"));
+  const TrainSummary summary = trainer.run();
+  EXPECT_EQ(summary.skipped_steps, 0);
+  EXPECT_LT(summary.val_loss, lines_of_kind(dir("run"), "train").front()["loss"].get<double>());
+  for (const auto& p : trainer.model().parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
+  config["train"]["precision"] = "fp16";
+  EXPECT_EQ(moelab::testing::error_message<moelab::ConfigError>(
+                [&] { Trainer(config, dir("other")); }),
+            "train.precision: unknown precision 'fp16'; expected fp32 or bf16");
+}
+
+TEST_F(TrainerTest, ResumeChangesOnlyLimits) {
+  {
+    Trainer trainer(tiny_config(10), dir("run"));
+    trainer.run();
+  }
+  EXPECT_EQ(moelab::testing::error_message<moelab::ConfigError>(
+                [&] { Trainer::resume(dir("run"), {"train.optimizer.lr=0.5"}); })
+                .rfind("train.optimizer.lr: cannot change on resume", 0),
+            0u);
+  auto longer = Trainer::resume(dir("run"), {"train.max_steps=15"});
+  EXPECT_EQ(longer->run().steps, 15);
+  EXPECT_EQ(moelab::config::load_file(dir("run") + "/config.yaml")["train"]["max_steps"].as<int>(), 15);
+}
+
+TEST_F(TrainerTest, ProgressLinesGoToTheConsole) {
+  Trainer trainer(tiny_config(10), dir("run"));
+  std::ostringstream console;
+  trainer.set_console(ConsoleMode::kLines, console);
+  trainer.run();
+  EXPECT_NE(console.str().find("step 5/10  loss "), std::string::npos) << console.str();
+  EXPECT_NE(console.str().find("eval step 10: val loss "), std::string::npos) << console.str();
 }

@@ -4,6 +4,7 @@
 // Every failure is a ConfigError naming the file, line or key, with a suggestion where one helps.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <string>
@@ -31,5 +32,9 @@ std::string nearest(const std::string& key, const std::vector<std::string>& cand
 
 /// Deep copy (yaml-cpp nodes otherwise share structure).
 YAML::Node clone(const YAML::Node& node);
+
+/// The same tree as JSON. YAML scalars are untyped: true/false become booleans, integers and
+/// numbers become numbers, null/~ null, anything else a string.
+nlohmann::json to_json(const YAML::Node& node);
 
 }  // namespace moelab::config

@@ -4,7 +4,7 @@
 // resolved tree lists every key with its value, which is what --dump-config prints.
 //
 // Top-level sections: model (name + the model's options), data (name + the data set's options;
-// synthetic_mixture for now), train (the trainer's options). Any other top-level key is rejected.
+// see data/registry.h), train (the trainer's options). Any other top-level key is rejected.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "moelab/data/synthetic_mixture.h"
+#include "moelab/data/dataset.h"
 #include "moelab/models/model.h"
 #include "moelab/train/trainer.h"
 
@@ -25,11 +25,17 @@ inline constexpr const char* kDefaultModel = "mlp_moe";
 YAML::Node resolve_run_config(const std::vector<std::string>& files,
                               const std::vector<std::string>& overrides);
 
+/// The same for a tree already stacked from files and overrides.
+YAML::Node resolve_run_config(const YAML::Node& user);
+
 /// Builds the model a resolved config describes.
 std::shared_ptr<models::Model> build_model(const YAML::Node& resolved);
 
-/// The data and train sections of a resolved config as Options.
-data::SyntheticMixtureOptions data_options(const YAML::Node& resolved);
+/// The data set a resolved config describes, with train.val_fraction of its training part held
+/// out for validation (seeded by train.seed).
+data::Splits load_data(const YAML::Node& resolved);
+
+/// The train section of a resolved config as Options.
 train::TrainOptions train_options(const YAML::Node& resolved);
 
 }  // namespace moelab::config

@@ -113,6 +113,9 @@ class RouterImpl : public torch::nn::Cloneable<RouterImpl> {
   torch::nn::Linear noise{nullptr};   // noisy_top_k: per-expert noise scale, softplus(x W_noise)
   at::Tensor expert_bias;             // (E) aux_free selection bias (buffer "expert_bias")
   at::Tensor load_count;              // (E) aux_free tokens per expert since update_bias()
+  // random: the generator's state as a buffer, so checkpoints and clones carry it and a resumed
+  // run draws the same routes.
+  at::Tensor generator_state;
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())})

@@ -5,27 +5,33 @@
 //
 // Run directory:
 //   config.yaml                resolved config of the run
-//   metrics.jsonl              one JSON object per log interval ("train") and evaluation ("eval")
+//   metrics.jsonl              one JSON object per log interval ("train"), evaluation ("eval")
+//                              and skipped step ("skip")
 //   checkpoints/step-NNNNNNNN/ model.safetensors, optimizer.pt, rng.safetensors, config.yaml,
-//                              manifest.json (step, epoch, cursor, checksums)
+//                              manifest.json (step, epoch, cursor, early-stopping state, time
+//                              trained, checksums)
 //
-// A step whose loss or gradient is not finite is skipped (no update, the step counter stays) and
-// counted; max_nonfinite_steps of them in a row checkpoint the state and abort with a
-// TrainingError.
-//
-// Not yet here (issue 3 continues): early stopping, time limits, signal handling, keep-best,
-// bf16 autocast, a progress bar.
+// A run stops at its last step, or earlier: early stopping on the monitored metric, the time
+// limit, or SIGINT/SIGTERM (see stopping.h). Each stop writes a checkpoint first. A step whose
+// loss or gradient is not finite is skipped (no update, the step counter stays) and counted;
+// max_nonfinite_steps of them in a row checkpoint the state and abort with a TrainingError.
 #pragma once
 
 #include <torch/arg.h>
 #include <yaml-cpp/yaml.h>
 
+#include <chrono>
 #include <memory>
+#include <ostream>
 #include <string>
+#include <vector>
 
-#include "moelab/data/synthetic_mixture.h"
+#include "moelab/data/dataset.h"
 #include "moelab/models/model.h"
+#include "moelab/train/progress.h"
 #include "moelab/train/schedule.h"
+#include "moelab/train/stopping.h"
+#include "moelab/util/runtime.h"
 
 namespace torch::optim {
 class Optimizer;
@@ -51,8 +57,11 @@ struct OptimizerOptions {
 };
 
 struct TrainOptions {
-  /// Optimiser steps to take, >= 1. Default 200.
+  /// Optimiser steps to take, >= 1. Default 200. Ignored when epochs > 0.
   TORCH_ARG(int64_t, max_steps) = 200;
+  /// Passes over the training data (the last partial batch of each is dropped); 0 = use
+  /// max_steps. Default 0.
+  TORCH_ARG(int64_t, epochs) = 0;
   /// Samples per micro-batch, >= 1. Default 64.
   TORCH_ARG(int64_t, batch_size) = 64;
   /// Micro-batches per optimiser step, >= 1. Default 1.
@@ -65,25 +74,54 @@ struct TrainOptions {
   TORCH_ARG(int64_t, log_every) = 10;
   /// Steps between evaluations; 0 = only at the end. Default 50.
   TORCH_ARG(int64_t, eval_every) = 50;
+  /// Also evaluate at the end of each epoch. Default false.
+  TORCH_ARG(bool, eval_each_epoch) = false;
   /// Steps between checkpoints; 0 = only at the end. Default 0.
   TORCH_ARG(int64_t, checkpoint_every) = 0;
-  /// Checkpoints kept (the newest), >= 1. Default 3.
+  /// Minutes between checkpoints (wall clock, this process); 0 = off. Default 0.
+  TORCH_ARG(double, checkpoint_every_minutes) = 0.0;
+  /// Checkpoints kept (the newest), >= 1; the best one (monitor.keep_best) is kept besides.
+  /// Default 3.
   TORCH_ARG(int64_t, keep_last) = 3;
+  /// Training time limit over the whole run, resumes included: "45m", "12h", "1h30m", seconds;
+  /// "" = none. Default "".
+  TORCH_ARG(std::string, max_time) = "";
+  /// fp32, or bf16 (CPU autocast: matmuls in bfloat16, weights and optimiser in float32).
+  /// Default fp32.
+  TORCH_ARG(std::string, precision) = "fp32";
   /// Seeds weights, data split, data order and routing noise. Default 0.
   TORCH_ARG(uint64_t, seed) = 0;
   /// Non-finite steps in a row that abort the run, >= 1. Default 5.
   TORCH_ARG(int64_t, max_nonfinite_steps) = 5;
   TORCH_ARG(OptimizerOptions, optimizer);
   TORCH_ARG(ScheduleOptions, schedule);
+  /// The evaluation metric for keep-best and early stopping.
+  TORCH_ARG(MonitorOptions, monitor);
 };
+
+/// ConfigError naming the key of the first option out of range.
+void validate(const TrainOptions& options);
+
+enum class StopReason { kCompleted, kEarlyStopping, kTimeLimit, kSignal };
+std::string to_string(StopReason reason);
 
 struct TrainSummary {
   int64_t steps = 0;
+  int64_t total_steps = 0;      // the step the run ends at if nothing stops it earlier
   int64_t skipped_steps = 0;    // non-finite steps skipped over the whole run
   double final_train_loss = 0;  // task + aux loss of the last logged interval
+  bool evaluated = false;       // whether this run() evaluated (val_* are its last evaluation)
   double val_loss = 0;
   double val_accuracy = 0;
+  StopReason stop_reason = StopReason::kCompleted;
+  std::string checkpoint;       // the newest checkpoint written
+  int64_t best_step = -1;       // best evaluation of the monitored metric, -1 if none yet
+  double best_value = 0;
 };
+
+/// Keys of the train section a resume may change: limits and bookkeeping, nothing that would
+/// make the continued run differ from an uninterrupted one with the same limits.
+const std::vector<std::string>& resume_overridable_keys();
 
 class Trainer {
  public:
@@ -92,14 +130,20 @@ class Trainer {
   Trainer(const YAML::Node& resolved_config, const std::string& run_dir);
   ~Trainer();
 
-  /// Continues the run in `run_dir` from its newest valid checkpoint.
-  static std::unique_ptr<Trainer> resume(const std::string& run_dir);
+  /// Continues the run in `run_dir` from its newest valid checkpoint. `overrides` (key=value)
+  /// may change only resume_overridable_keys(), e.g. train.max_steps=400 or train.max_time=2h.
+  static std::unique_ptr<Trainer> resume(const std::string& run_dir,
+                                         const std::vector<std::string>& overrides = {});
 
-  /// Trains up to train.max_steps (or `stop_at_step` if smaller and > 0), evaluates, writes the
-  /// final checkpoint.
+  /// Trains to the last step (or `stop_at_step` if smaller and > 0) unless a stop comes first,
+  /// evaluates, writes the final checkpoint.
   TrainSummary run(int64_t stop_at_step = 0);
 
+  /// Where progress goes while run() runs; silent by default.
+  void set_console(ConsoleMode mode, std::ostream& out);
+
   int64_t step() const { return step_; }
+  int64_t total_steps() const { return total_steps_; }
   models::Model& model() { return *model_; }
 
  private:
@@ -107,23 +151,36 @@ class Trainer {
   Trainer(const YAML::Node& resolved_config, const std::string& run_dir, Resumed);
   void build();
   at::Tensor next_batch();
-  std::pair<double, double> evaluate();
+  bool epoch_exhausted() const;
   void save_checkpoint();
   void load_checkpoint(const std::string& directory);
   void append_metrics(const std::string& line);
+  double seconds_trained() const;
 
   YAML::Node config_;
   std::string run_dir_;
   TrainOptions options_;
+  Precision precision_ = Precision::kFloat32;
   std::shared_ptr<models::Model> model_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  data::LabelledVectors train_set_, val_set_;
+  data::Splits data_;
+  int64_t total_steps_ = 0;
   int64_t step_ = 0, epoch_ = 0, cursor_ = 0;
   int64_t nonfinite_in_a_row_ = 0, nonfinite_total_ = 0;
   at::Tensor epoch_order_;
+  EarlyStopping early_stopping_{MonitorOptions()};
+  double seconds_before_ = 0;  // trained by earlier processes of this run
+  std::chrono::steady_clock::time_point process_start_ = std::chrono::steady_clock::now();
+  std::string last_checkpoint_;
+  ConsoleMode console_mode_ = ConsoleMode::kSilent;
+  std::ostream* console_ = nullptr;
 };
 
 /// The newest checkpoint directory of a run that verifies, or "" if none does.
 std::string latest_checkpoint(const std::string& run_dir);
+
+/// The run's best checkpoint (by the monitored metric, as the newest valid checkpoint records
+/// it) if it is kept and verifies, else "".
+std::string best_checkpoint(const std::string& run_dir);
 
 }  // namespace moelab::train

@@ -1,0 +1,150 @@
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <ctime>
+#include <iostream>
+#include <memory>
+
+#include "commands.h"
+#include "moelab/config/run_config.h"
+#include "moelab/train/evaluation.h"
+#include "moelab/train/trainer.h"
+
+namespace moelab::app {
+
+namespace {
+
+std::string default_run_dir() {
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::localtime(&now));
+  return std::string("runs/run-") + stamp;
+}
+
+// Trains with progress on the console and SIGINT/SIGTERM turned into a clean stop.
+void train_and_report(train::Trainer& trainer, const std::string& run_dir) {
+  train::install_stop_signal_handlers();
+  trainer.set_console(train::console_mode_for_stdout(), std::cout);
+  const train::TrainSummary s = trainer.run();
+  const std::string validation =
+      s.evaluated ? fmt::format("val loss {:.4f}, val accuracy {:.4f}", s.val_loss, s.val_accuracy)
+                  : "not evaluated";
+  std::cout << fmt::format("step {}: train loss {:.4f}, {}, skipped steps {}\n", s.steps,
+                           s.final_train_loss, validation, s.skipped_steps);
+  if (s.best_step >= 0) std::cout << fmt::format("best: step {} ({:.4f})\n", s.best_step, s.best_value);
+  switch (s.stop_reason) {
+    case train::StopReason::kCompleted:
+      break;
+    case train::StopReason::kEarlyStopping:
+      std::cout << fmt::format("stopped early at step {}: no improvement of the monitored metric "
+                               "in train.monitor.patience evaluations\n", s.steps);
+      break;
+    case train::StopReason::kTimeLimit:
+      std::cout << fmt::format("stopped at step {}/{}: train.max_time reached. To go on: moelab "
+                               "resume {} train.max_time=<longer>\n",
+                               s.steps, s.total_steps, run_dir);
+      break;
+    case train::StopReason::kSignal:
+      std::cout << fmt::format("interrupted at step {}/{}; state saved in {}. To go on: moelab "
+                               "resume {}\n", s.steps, s.total_steps, s.checkpoint, run_dir);
+      break;
+  }
+  std::cout << "run directory: " << run_dir << "\n";
+}
+
+}  // namespace
+
+void register_run_commands(CLI::App& app, Action& action) {
+  struct TrainArguments : ConfigArguments {
+    std::string run_dir;
+  };
+  auto args = std::make_shared<TrainArguments>();
+  CLI::App* train = app.add_subcommand("train", "Train a model described by config files");
+  add_config_arguments(*train, *args);
+  train->add_option("--run-dir", args->run_dir, "Run directory (default runs/run-<time>)");
+  train->callback([args, &action] {
+    action = [args] {
+      const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
+      if (!resolved) return;
+      const std::string run_dir = args->run_dir.empty() ? default_run_dir() : args->run_dir;
+      train::Trainer trainer(*resolved, run_dir);
+      train_and_report(trainer, run_dir);
+    };
+  });
+
+  struct ResumeArguments {
+    std::string run_dir;
+    std::vector<std::string> overrides;
+  };
+  auto resume_args = std::make_shared<ResumeArguments>();
+  CLI::App* resume = app.add_subcommand("resume", "Continue a run from its newest checkpoint");
+  resume->add_option("run_dir", resume_args->run_dir, "The run directory")->required();
+  resume->add_option("overrides", resume_args->overrides,
+                     "Limits to change, e.g. train.max_steps=400 train.max_time=2h");
+  resume->callback([resume_args, &action] {
+    action = [resume_args] {
+      auto trainer = train::Trainer::resume(resume_args->run_dir, resume_args->overrides);
+      train_and_report(*trainer, resume_args->run_dir);
+    };
+  });
+
+  struct EvalArguments : ConfigArguments {
+    std::string path;
+    bool latest = false, json = false;
+  };
+  auto eval_args = std::make_shared<EvalArguments>();
+  CLI::App* eval = app.add_subcommand(
+      "eval", "Evaluate a checkpoint on the test split (the validation split if there is none)");
+  eval->add_option("path", eval_args->path, "A run directory (its best checkpoint) or a checkpoint")
+      ->required();
+  add_config_arguments(*eval, *eval_args);
+  eval->add_flag("--latest", eval_args->latest, "Use the run's newest checkpoint, not its best");
+  eval->add_flag("--json", eval_args->json, "One JSON object instead of text");
+  eval->footer("Config files and overrides stack on the checkpoint's config, e.g. another data "
+               "set: -c other-data.yaml.");
+  eval->callback([eval_args, &action] {
+    action = [eval_args] {
+      const auto e = train::evaluate_checkpoint(eval_args->path, eval_args->files,
+                                                eval_args->overrides, eval_args->latest);
+      if (eval_args->json) {
+        std::cout << nlohmann::json{{"checkpoint", e.checkpoint},
+                                    {"step", e.step},
+                                    {"split", e.split},
+                                    {"loss", e.result.loss},
+                                    {"accuracy", e.result.accuracy},
+                                    {"samples", e.result.samples}}
+                         .dump()
+                  << "\n";
+        return;
+      }
+      std::cout << fmt::format("{} (step {}), {} split: loss {:.4f}, accuracy {:.4f} over {} "
+                               "samples\n",
+                               e.checkpoint, e.step, e.split, e.result.loss, e.result.accuracy,
+                               e.result.samples);
+    };
+  });
+
+  struct ExportArguments {
+    std::string path, out;
+    bool latest = false;
+  };
+  auto export_args = std::make_shared<ExportArguments>();
+  CLI::App* exporter = app.add_subcommand(
+      "export", "Write a checkpoint's weights (safetensors) and config.json for other tools");
+  exporter->add_option("path", export_args->path, "A run directory (its best checkpoint) or a checkpoint")
+      ->required();
+  exporter->add_option("--out", export_args->out, "Output directory")->required();
+  exporter->add_flag("--latest", export_args->latest, "Use the run's newest checkpoint, not its best");
+  exporter->callback([export_args, &action] {
+    action = [export_args] {
+      const nlohmann::json config =
+          train::export_checkpoint(export_args->path, export_args->out, export_args->latest);
+      std::cout << fmt::format("exported {} tensors of {} (step {}) to {}/model.safetensors and "
+                               "{}/config.json\n",
+                               config["tensors"].size(), config["source_checkpoint"].get<std::string>(),
+                               config["step"].get<int64_t>(), export_args->out, export_args->out);
+    };
+  });
+}
+
+}  // namespace moelab::app

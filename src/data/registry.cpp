@@ -1,0 +1,76 @@
+#include "moelab/data/registry.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "moelab/config/config.h"
+#include "moelab/config/options_io.h"
+#include "moelab/data/synthetic_mixture.h"
+#include "moelab/util/errors.h"
+
+namespace moelab::data {
+
+namespace {
+
+template <typename Options>
+Options parse_data_options(const YAML::Node& section, const std::string& where) {
+  Options options;
+  config::from_yaml(section, options, where);
+  return options;
+}
+
+std::vector<DataEntry> register_data() {
+  std::vector<DataEntry> entries;
+  entries.push_back(
+      {"synthetic_mixture", "seeded Gaussian mixture of vectors; several clusters per class",
+       [] { return config::to_yaml(SyntheticMixtureOptions()); },
+       [](const YAML::Node& section, const std::string& where) {
+         parse_data_options<SyntheticMixtureOptions>(section, where);
+       },
+       [](const YAML::Node& section, const std::string& where) {
+         const auto options = parse_data_options<SyntheticMixtureOptions>(section, where);
+         LabelledVectors all = make_synthetic_mixture(options);
+         Splits splits;
+         splits.train = {all.features, all.labels};
+         for (int64_t c = 0; c < options.num_classes(); ++c) {
+           splits.class_names.push_back("class " + std::to_string(c));
+         }
+         return splits;
+       }});
+  return entries;
+}
+
+}  // namespace
+
+void split_validation(Splits& splits, double fraction, uint64_t seed) {
+  const int64_t n = splits.train.size();
+  const auto n_val = static_cast<int64_t>(std::floor(fraction * static_cast<double>(n)));
+  if (n_val == 0) return;
+  at::Generator generator = at::detail::createCPUGenerator(seed * 1000003ULL + 7919ULL);
+  at::Tensor order = at::randperm(n, generator, at::kLong);
+  LabelledSet all = splits.train;
+  splits.val = all.rows(order.narrow(0, 0, n_val));
+  splits.train = all.rows(order.narrow(0, n_val, n - n_val));
+}
+
+const std::vector<DataEntry>& data_registry() {
+  static const std::vector<DataEntry> entries = register_data();
+  return entries;
+}
+
+const DataEntry& find_data(const std::string& name) {
+  std::vector<std::string> names;
+  for (const auto& entry : data_registry()) {
+    if (entry.name == name) return entry;
+    names.push_back(entry.name);
+  }
+  std::string message = "data.name: unknown data set '" + name + "'";
+  const std::string suggestion = config::nearest(name, names);
+  if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+  message += " (registered:";
+  for (const auto& n : names) message += " " + n;
+  throw ConfigError(message + ")");
+}
+
+}  // namespace moelab::data

@@ -1,0 +1,124 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "moelab/config/run_config.h"
+#include "moelab/io/safetensors.h"
+#include "moelab/train/evaluation.h"
+#include "moelab/train/trainer.h"
+#include "moelab/util/errors.h"
+#include "support/fixtures.h"
+
+namespace fs = std::filesystem;
+using namespace moelab::train;
+
+namespace {
+
+class EvaluationTest : public moelab::testing::TempDirTest {
+ protected:
+  // A finished 20-step run with a validation split, shared by the tests of this file.
+  std::string trained_run() {
+    const std::string run = path("run");
+    Trainer trainer(moelab::config::resolve_run_config(
+                        {}, {"model.input_dim=8", "model.num_classes=3", "model.moe.d_model=16",
+                             "model.moe.d_ff=24", "model.moe.num_experts=4", "data.num_samples=300",
+                             "data.input_dim=8", "data.num_classes=3", "data.num_clusters=6",
+                             "train.max_steps=20", "train.batch_size=16", "train.eval_every=10",
+                             "train.log_every=10"}),
+                    run);
+    summary_ = trainer.run();
+    return run;
+  }
+  TrainSummary summary_;
+};
+
+}  // namespace
+
+TEST_F(EvaluationTest, BatchedEvaluationMatchesOneNaivePass) {
+  auto model = moelab::config::build_model(moelab::config::resolve_run_config(
+      {}, {"model.input_dim=5", "model.num_classes=3", "model.moe.d_model=8", "model.moe.d_ff=8"}));
+  moelab::data::LabelledSet set{torch::randn({23, 5}), torch::randint(0, 3, {23}, at::kLong)};
+  model->eval();
+  at::Tensor logits = model->forward(set.inputs).logits.detach();
+  const double loss = at::cross_entropy_loss(logits, set.labels).item<double>();
+  const double accuracy = logits.argmax(-1).eq(set.labels).to(at::kDouble).mean().item<double>();
+  model->train();
+  const Evaluation result = evaluate(*model, set, /*batch_size=*/7);  // 7 + 7 + 7 + 2
+  EXPECT_NEAR(result.loss, loss, 1e-6);
+  EXPECT_DOUBLE_EQ(result.accuracy, accuracy);
+  EXPECT_EQ(result.samples, 23);
+  EXPECT_TRUE(model->is_training());  // restored
+}
+
+TEST_F(EvaluationTest, CheckpointEvaluationReproducesTheRunsLastEvaluation) {
+  const std::string run = trained_run();
+  const CheckpointEvaluation e = evaluate_checkpoint(run, {}, {}, /*prefer_latest=*/true);
+  EXPECT_EQ(e.checkpoint, run + "/checkpoints/step-00000020");
+  EXPECT_EQ(e.step, 20);
+  EXPECT_EQ(e.split, "val");
+  EXPECT_EQ(e.result.samples, 30);
+  EXPECT_NEAR(e.result.loss, summary_.val_loss, 1e-9);
+  EXPECT_DOUBLE_EQ(e.result.accuracy, summary_.val_accuracy);
+  // The run directory alone means its best checkpoint.
+  EXPECT_EQ(resolve_checkpoint(run), best_checkpoint(run));
+}
+
+TEST_F(EvaluationTest, WeightsThatDoNotFitTheModelAreNamed) {
+  const std::string run = trained_run();
+  const std::string message = moelab::testing::error_message<moelab::CheckpointError>(
+      [&] { evaluate_checkpoint(run, {}, {"model.moe.d_ff=32"}); });
+  EXPECT_NE(message.find("moe0.experts.w_out"), std::string::npos) << message;
+  EXPECT_NE(message.find("[4, 16, 24]"), std::string::npos) << message;
+  EXPECT_THROW(evaluate_checkpoint(path("nowhere"), {}, {}), moelab::CheckpointError);
+  EXPECT_THROW(evaluate_checkpoint(run, {}, {"model.moe.dff=32"}), moelab::ConfigError);
+}
+
+TEST_F(EvaluationTest, ExportWritesSafetensorsWhoseHeaderMatchesConfigJson) {
+  const std::string run = trained_run();
+  const nlohmann::json returned = export_checkpoint(run, path("export"), /*prefer_latest=*/true);
+  nlohmann::json config;
+  std::ifstream(path("export/config.json")) >> config;
+  EXPECT_EQ(config, returned);
+  EXPECT_EQ(config["format"], "moelab-export");
+  EXPECT_EQ(config["format_version"], 1);
+  EXPECT_EQ(config["step"], 20);
+  EXPECT_EQ(config["model"]["name"], "mlp_moe");
+  EXPECT_EQ(config["model"]["moe"]["num_experts"], 4);
+
+  // Read the header by hand, as another tool would: u64 little-endian length, then JSON.
+  const std::string file = path("export/model.safetensors");
+  std::ifstream in(file, std::ios::binary);
+  unsigned char length_bytes[8];
+  in.read(reinterpret_cast<char*>(length_bytes), 8);
+  uint64_t header_length = 0;
+  for (int i = 7; i >= 0; --i) header_length = header_length << 8 | length_bytes[i];
+  std::string header_text(header_length, '\0');
+  in.read(header_text.data(), static_cast<std::streamsize>(header_length));
+  const nlohmann::json header = nlohmann::json::parse(header_text);
+  EXPECT_EQ(header["__metadata__"]["format"], "moelab-export");
+
+  const uint64_t data_size = fs::file_size(file) - 8 - header_length;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  ASSERT_EQ(header.size(), config["tensors"].size() + 1);
+  for (const auto& tensor : config["tensors"]) {
+    const auto& entry = header.at(tensor["name"].get<std::string>());
+    EXPECT_EQ(entry["dtype"], tensor["dtype"]);
+    EXPECT_EQ(entry["shape"], tensor["shape"]);
+    uint64_t elements = 1;
+    for (const auto& d : entry["shape"]) elements *= d.get<uint64_t>();
+    const uint64_t begin = entry["data_offsets"][0], end = entry["data_offsets"][1];
+    EXPECT_EQ(end - begin, elements * 4) << tensor["name"];  // every tensor here is F32
+    ranges.emplace_back(begin, end);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  EXPECT_EQ(ranges.front().first, 0u);
+  for (size_t i = 1; i < ranges.size(); ++i) EXPECT_EQ(ranges[i].first, ranges[i - 1].second);
+  EXPECT_EQ(ranges.back().second, data_size);
+  // The documented names.
+  EXPECT_EQ(header["moe0.experts.w_in"]["shape"], nlohmann::json({4, 48, 16}));
+  EXPECT_EQ(header["moe0.router.gate.weight"]["shape"], nlohmann::json({4, 16}));
+}
