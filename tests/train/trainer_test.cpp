@@ -323,3 +323,11 @@ TEST_F(TrainerTest, ProgressLinesGoToTheConsole) {
   EXPECT_NE(console.str().find("step 5/10  loss "), std::string::npos) << console.str();
   EXPECT_NE(console.str().find("eval step 10: val loss "), std::string::npos) << console.str();
 }
+
+TEST_F(TrainerTest, CheckpointsOnTheClockToo) {
+  YAML::Node config = tiny_config(6);
+  config["train"]["checkpoint_every_minutes"] = 1e-9;  // due after every step
+  config["train"]["keep_last"] = 10;
+  Trainer(config, dir("run")).run();
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir("run") + "/checkpoints"), fs::directory_iterator{}), 6);
+}
