@@ -76,6 +76,43 @@ void visit(V& v, models::MLPMoEOptions& o) {
 }
 
 template <typename V>
+void visit(V& v, models::ConvNetOptions& o) {
+  v.field("in_channels", o.in_channels());
+  v.field("image_size", o.image_size());
+  v.field("num_classes", o.num_classes());
+  v.field("width", o.width());
+  v.field("depth", o.depth());
+  v.field("hidden", o.hidden());
+  v.field("width_multiplier", o.width_multiplier());
+}
+
+template <typename V>
+void visit(V& v, models::VisionMoEOptions& o) {
+  // The image and class sizes are the model's; the expert group holds the CNN's shape.
+  v.field("in_channels", o.expert().in_channels());
+  v.field("image_size", o.expert().image_size());
+  v.field("num_classes", o.expert().num_classes());
+  v.field("num_experts", o.num_experts());
+  v.field("router_width", o.router_width());
+  v.group("expert", [&](V& sub) {
+    sub.field("width", o.expert().width());
+    sub.field("depth", o.expert().depth());
+    sub.field("hidden", o.expert().hidden());
+  });
+  v.group("router", [&](V& sub) { visit(sub, o.router()); });
+  v.group("aux", [&](V& sub) { visit(sub, o.aux()); });
+  v.group("dispatch", [&](V& sub) { visit(sub, o.dispatch()); });
+}
+
+template <typename V>
+void visit(V& v, models::ResNet18Options& o) {
+  v.field("in_channels", o.in_channels());
+  v.field("image_size", o.image_size());
+  v.field("num_classes", o.num_classes());
+  v.field("width", o.width());
+}
+
+template <typename V>
 void visit(V& v, train::OptimizerOptions& o) {
   v.field("name", o.name());
   v.field("lr", o.lr());
@@ -137,6 +174,16 @@ void visit(V& v, data::SyntheticMixtureOptions& o) {
   v.field("center_scale", o.center_scale());
   v.field("cluster_std", o.cluster_std());
   v.field("seed", o.seed());
+}
+
+template <typename V>
+void visit(V& v, data::ImageDataOptions& o) {
+  v.field("root", o.root());
+  v.field("train_limit", o.train_limit());
+  v.field("test_limit", o.test_limit());
+  v.field("normalize", o.normalize());
+  v.field("augment", o.augment());
+  v.field("labels", o.labels());
 }
 
 // ---- value encoding ------------------------------------------------------------------------
@@ -288,6 +335,24 @@ void from_yaml(const YAML::Node& node, train::TrainOptions& options, const std::
 YAML::Node to_yaml(const data::SyntheticMixtureOptions& options) { return write_options(options); }
 void from_yaml(const YAML::Node& node, data::SyntheticMixtureOptions& options,
                const std::string& where) {
+  read_options(node, options, where);
+}
+
+YAML::Node to_yaml(const data::ImageDataOptions& options) { return write_options(options); }
+void from_yaml(const YAML::Node& node, data::ImageDataOptions& options, const std::string& where) {
+  read_options(node, options, where);
+}
+
+YAML::Node to_yaml(const models::ConvNetOptions& options) { return write_options(options); }
+void from_yaml(const YAML::Node& node, models::ConvNetOptions& options, const std::string& where) {
+  read_options(node, options, where);
+}
+YAML::Node to_yaml(const models::VisionMoEOptions& options) { return write_options(options); }
+void from_yaml(const YAML::Node& node, models::VisionMoEOptions& options, const std::string& where) {
+  read_options(node, options, where);
+}
+YAML::Node to_yaml(const models::ResNet18Options& options) { return write_options(options); }
+void from_yaml(const YAML::Node& node, models::ResNet18Options& options, const std::string& where) {
   read_options(node, options, where);
 }
 

@@ -6,6 +6,7 @@
 
 #include "moelab/config/config.h"
 #include "moelab/config/options_io.h"
+#include "moelab/data/images.h"
 #include "moelab/data/synthetic_mixture.h"
 #include "moelab/util/errors.h"
 
@@ -38,6 +39,31 @@ std::vector<DataEntry> register_data() {
          }
          return splits;
        }});
+  struct ImageEntry {
+    const char* name;
+    const char* description;
+    bool augment;
+  };
+  for (const ImageEntry image : {
+           ImageEntry{"fashion_mnist", "Fashion-MNIST, 28x28 grey, 10 classes (IDX files)", false},
+           ImageEntry{"mnist", "MNIST digits, 28x28 grey, 10 classes (IDX files)", false},
+           ImageEntry{"cifar10", "CIFAR-10, 32x32 colour, 10 classes (binary version)", true},
+           ImageEntry{"cifar100", "CIFAR-100, 32x32 colour, 100 fine or 20 coarse classes", true}}) {
+    const std::string name = image.name;
+    const ImageDataOptions defaults = ImageDataOptions().augment(image.augment);
+    entries.push_back(
+        {name, image.description, [defaults] { return config::to_yaml(defaults); },
+         [name, defaults](const YAML::Node& section, const std::string& where) {
+           ImageDataOptions options = defaults;
+           config::from_yaml(section, options, where);
+           validate(name, options, where);
+         },
+         [name, defaults](const YAML::Node& section, const std::string& where) {
+           ImageDataOptions options = defaults;
+           config::from_yaml(section, options, where);
+           return load_image_data(name, options);
+         }});
+  }
   return entries;
 }
 

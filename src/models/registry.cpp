@@ -3,6 +3,7 @@
 #include "moelab/config/config.h"
 #include "moelab/config/options_io.h"
 #include "moelab/models/mlp_moe.h"
+#include "moelab/models/vision.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::models {
@@ -16,6 +17,17 @@ Options parse(const YAML::Node& section, const std::string& where) {
   return options;
 }
 
+template <typename Options, typename Impl>
+ModelEntry add_model(const std::string& name, const std::string& description) {
+  return {name, description, [] { return config::to_yaml(Options()); },
+          [](const YAML::Node& section, const std::string& where) {
+            parse<Options>(section, where);
+          },
+          [](const YAML::Node& section, const std::string& where) -> std::shared_ptr<Model> {
+            return std::make_shared<Impl>(parse<Options>(section, where));
+          }};
+}
+
 std::vector<ModelEntry> register_models() {
   std::vector<ModelEntry> entries;
   entries.push_back(
@@ -27,6 +39,12 @@ std::vector<ModelEntry> register_models() {
        [](const YAML::Node& section, const std::string& where) -> std::shared_ptr<Model> {
          return std::make_shared<MLPMoEImpl>(parse<MLPMoEOptions>(section, where));
        }});
+  entries.push_back(add_model<VisionMoEOptions, VisionMoEImpl>(
+      "vision_moe", "MoE of small CNN experts with a tiny CNN router; hard top-1 or top-k"));
+  entries.push_back(add_model<ConvNetOptions, DenseCNNImpl>(
+      "cnn", "dense CNN baseline (the expert's structure with a width multiplier)"));
+  entries.push_back(add_model<ResNet18Options, ResNet18Impl>(
+      "resnet18", "ResNet-18, CIFAR form (3x3 stem, no max-pool)"));
   return entries;
 }
 

@@ -12,6 +12,15 @@ MoELayerImpl::MoELayerImpl(MoELayerOptions options_,
   reset();
 }
 
+MoELayerImpl::MoELayerImpl(MoELayerOptions options_,
+                           std::vector<torch::nn::AnyModule> expert_modules,
+                           torch::nn::AnyModule gate_network)
+    : options(std::move(options_)),
+      expert_modules_(std::move(expert_modules)),
+      gate_network_(std::move(gate_network)) {
+  reset();
+}
+
 void MoELayerImpl::reset() {
   const auto& o = options;
   TORCH_CHECK(o.experts().d_model() == o.d_model(), "MoELayer: experts.d_model (",
@@ -48,7 +57,9 @@ void MoELayerImpl::reset() {
                 "set dispatch.dropless = true");
   }
 
-  router = register_module("router", Router(o.router()));
+  router = register_module("router", gate_network_.is_empty()
+                                          ? Router(o.router())
+                                          : Router(o.router(), gate_network_));
   if (expert_modules_.empty()) {
     experts = register_module("experts", FFNExperts(o.experts()));
   } else {
@@ -268,6 +279,8 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& input, const at::Tensor& paddi
   if (shared) {
     at::Tensor shared_out = shared->forward(tokens);
     if (shared_gate) shared_out = shared_out * at::sigmoid(shared_gate->forward(tokens));
+    TORCH_CHECK(out.size(-1) == shared_out.size(-1), "MoELayer: shared experts need routed experts "
+                "that keep the width d_model");
     out = out + shared_out;
   }
 
@@ -286,7 +299,10 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& input, const at::Tensor& paddi
   result.stats.indices = decisions.indices;
   result.stats.weights = decisions.weights;
   result.stats.kept = decisions.kept;
-  result.output = out.view(x.sizes());
+  // Module experts may map D to another width (e.g. images to class logits).
+  std::vector<int64_t> output_shape(leading.begin(), leading.end());
+  for (int64_t d = 1; d < out.dim(); ++d) output_shape.push_back(out.size(d));
+  result.output = out.view(output_shape);
   return result;
 }
 

@@ -56,7 +56,7 @@ TEST(MLPMoETest, RegistryBuildsByNameAndRejectsUnknownNames) {
     FAIL() << "expected ConfigError";
   } catch (const moelab::ConfigError& e) {
     EXPECT_EQ(std::string(e.what()),
-              "model.name: unknown model 'mlp-moe'; did you mean 'mlp_moe'? (registered: mlp_moe)");
+              "model.name: unknown model 'mlp-moe'; did you mean 'mlp_moe'? (registered: mlp_moe vision_moe cnn resnet18)");
   }
 }
 

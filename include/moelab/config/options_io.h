@@ -8,8 +8,10 @@
 
 #include <string>
 
+#include "moelab/data/images.h"
 #include "moelab/data/synthetic_mixture.h"
 #include "moelab/models/mlp_moe.h"
+#include "moelab/models/vision.h"
 #include "moelab/train/trainer.h"
 #include "moelab/nn/moe_layer.h"
 
@@ -36,5 +38,17 @@ void from_yaml(const YAML::Node& node, train::TrainOptions& options, const std::
 YAML::Node to_yaml(const data::SyntheticMixtureOptions& options);
 void from_yaml(const YAML::Node& node, data::SyntheticMixtureOptions& options,
                const std::string& where);
+
+/// Image data sets (fashion_mnist, mnist, cifar10, cifar100).
+YAML::Node to_yaml(const data::ImageDataOptions& options);
+void from_yaml(const YAML::Node& node, data::ImageDataOptions& options, const std::string& where);
+
+/// Vision models: the dense CNN (`cnn`), the MoE of CNN experts (`vision_moe`), `resnet18`.
+YAML::Node to_yaml(const models::ConvNetOptions& options);
+void from_yaml(const YAML::Node& node, models::ConvNetOptions& options, const std::string& where);
+YAML::Node to_yaml(const models::VisionMoEOptions& options);
+void from_yaml(const YAML::Node& node, models::VisionMoEOptions& options, const std::string& where);
+YAML::Node to_yaml(const models::ResNet18Options& options);
+void from_yaml(const YAML::Node& node, models::ResNet18Options& options, const std::string& where);
 
 }  // namespace moelab::config

@@ -84,6 +84,10 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   /// With arbitrary expert modules, each mapping (n, D) -> (n, D); options.experts() is unused
   /// except for its d_model.
   MoELayerImpl(MoELayerOptions options, std::vector<torch::nn::AnyModule> expert_modules);
+  /// With expert modules and a custom router score network mapping (n, D) to logits (n, E).
+  /// Expert modules may change the width: (n, D) -> (n, out), and the layer returns (..., out).
+  MoELayerImpl(MoELayerOptions options, std::vector<torch::nn::AnyModule> expert_modules,
+               torch::nn::AnyModule gate_network);
 
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
@@ -115,6 +119,7 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
 
  private:
   std::vector<torch::nn::AnyModule> expert_modules_;
+  torch::nn::AnyModule gate_network_;
 };
 TORCH_MODULE(MoELayer);
 

@@ -1,0 +1,229 @@
+#include "moelab/data/images.h"
+
+#include <zlib.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "moelab/util/errors.h"
+
+namespace fs = std::filesystem;
+
+namespace moelab::data {
+
+namespace {
+
+const std::vector<std::string> kFashionClasses{"T-shirt/top", "Trouser", "Pullover", "Dress",
+                                               "Coat",        "Sandal",  "Shirt",    "Sneaker",
+                                               "Bag",         "Ankle boot"};
+const std::vector<std::string> kCifar10Classes{"airplane", "automobile", "bird",  "cat",  "deer",
+                                               "dog",      "frog",       "horse", "ship", "truck"};
+
+struct GzFile {
+  explicit GzFile(const std::string& path) : handle(gzopen(path.c_str(), "rb")) {}
+  ~GzFile() {
+    if (handle) gzclose(handle);
+  }
+  gzFile handle;
+};
+
+// Reads exactly `size` bytes, or reports how many there were.
+int64_t read_bytes(GzFile& file, void* out, int64_t size) {
+  int64_t done = 0;
+  auto* bytes = static_cast<char*>(out);
+  while (done < size) {
+    const auto chunk = static_cast<unsigned>(std::min<int64_t>(size - done, 1 << 30));
+    const int n = gzread(file.handle, bytes + done, chunk);
+    if (n <= 0) break;
+    done += n;
+  }
+  return done;
+}
+
+uint32_t big_endian_u32(const unsigned char* b) {
+  return uint32_t{b[0]} << 24 | uint32_t{b[1]} << 16 | uint32_t{b[2]} << 8 | uint32_t{b[3]};
+}
+
+std::vector<std::string> class_names(const std::string& name, const ImageDataOptions& options) {
+  std::vector<std::string> names;
+  if (name == "fashion_mnist") return kFashionClasses;
+  if (name == "cifar10") return kCifar10Classes;
+  const int count = name == "mnist" ? 10 : options.labels() == "coarse" ? 20 : 100;
+  for (int c = 0; c < count; ++c) names.push_back(std::to_string(c));
+  return names;
+}
+
+LabelledSet first(const LabelledSet& set, int64_t limit) {
+  if (limit <= 0 || limit >= set.size()) return set;
+  return {set.inputs.narrow(0, 0, limit), set.labels.narrow(0, 0, limit)};
+}
+
+}  // namespace
+
+at::Tensor read_idx(const std::string& path) {
+  if (!fs::exists(path)) throw DataError(path + ": no such file");
+  GzFile file(path);
+  if (!file.handle) throw DataError(path + ": cannot open");
+  unsigned char magic[4];
+  if (read_bytes(file, magic, 4) != 4) throw DataError(path + ": truncated IDX header");
+  if (magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08) {
+    throw DataError(path + ": not an unsigned-byte IDX file (magic " + std::to_string(magic[0]) +
+                    " " + std::to_string(magic[1]) + " " + std::to_string(magic[2]) +
+                    ", expected 0 0 8)");
+  }
+  const int dims = magic[3];
+  if (dims < 1 || dims > 4) throw DataError(path + ": IDX file with " + std::to_string(dims) + " dimensions");
+  std::vector<int64_t> shape(dims);
+  int64_t count = 1;
+  for (int d = 0; d < dims; ++d) {
+    unsigned char size[4];
+    if (read_bytes(file, size, 4) != 4) throw DataError(path + ": truncated IDX header");
+    shape[d] = big_endian_u32(size);
+    count *= shape[d];
+  }
+  at::Tensor out = at::empty(shape, at::kByte);
+  const int64_t got = read_bytes(file, out.data_ptr<uint8_t>(), count);
+  if (got != count) {
+    throw DataError(path + ": truncated: the header promises " + std::to_string(count) +
+                    " data bytes, the file has " + std::to_string(got));
+  }
+  return out;
+}
+
+std::string find_idx_file(const std::string& root, const std::string& name) {
+  for (const std::string candidate : {name, name + ".gz"}) {
+    const fs::path p = fs::path(root) / candidate;
+    if (fs::exists(p)) return p.string();
+  }
+  throw DataError((fs::path(root) / name).string() + "(.gz): no such file");
+}
+
+LabelledSet load_idx_pair(const std::string& images_path, const std::string& labels_path) {
+  at::Tensor images = read_idx(images_path);
+  at::Tensor labels = read_idx(labels_path);
+  if (images.dim() != 3) {
+    throw DataError(images_path + ": expected images (N, H, W), found " +
+                    std::to_string(images.dim()) + " dimensions");
+  }
+  if (labels.dim() != 1) throw DataError(labels_path + ": expected a vector of labels");
+  if (labels.size(0) != images.size(0)) {
+    throw DataError(labels_path + ": " + std::to_string(labels.size(0)) + " labels for " +
+                    std::to_string(images.size(0)) + " images in " + images_path);
+  }
+  return {images.unsqueeze(1).to(at::kFloat).div_(255.0), labels.to(at::kLong)};
+}
+
+LabelledSet load_cifar_binary(const std::vector<std::string>& paths, int label_bytes,
+                              int label_index) {
+  constexpr int64_t kPixels = 3 * 32 * 32;
+  const int64_t record = label_bytes + kPixels;
+  std::vector<at::Tensor> images, labels;
+  for (const auto& path : paths) {
+    if (!fs::exists(path)) throw DataError(path + ": no such file");
+    const auto size = static_cast<int64_t>(fs::file_size(path));
+    if (size == 0 || size % record != 0) {
+      throw DataError(path + ": " + std::to_string(size) + " bytes is not a whole number of " +
+                      std::to_string(record) + "-byte CIFAR records (truncated or another format)");
+    }
+    at::Tensor raw = at::empty({size / record, record}, at::kByte);
+    std::ifstream in(path, std::ios::binary);
+    if (!in.read(reinterpret_cast<char*>(raw.data_ptr<uint8_t>()), size)) {
+      throw DataError(path + ": read failed");
+    }
+    labels.push_back(raw.select(1, label_index).to(at::kLong));
+    images.push_back(raw.narrow(1, label_bytes, kPixels).reshape({-1, 3, 32, 32}));
+  }
+  return {at::cat(images).to(at::kFloat).div_(255.0), at::cat(labels)};
+}
+
+void normalize_per_channel(Splits& splits) {
+  const at::Tensor& x = splits.train.inputs;
+  const at::Tensor mean = x.mean({0, 2, 3}, /*keepdim=*/true);
+  const at::Tensor std = x.std({0, 2, 3}, /*unbiased=*/false, /*keepdim=*/true).clamp_min(1e-6);
+  for (LabelledSet* set : {&splits.train, &splits.val, &splits.test}) {
+    if (set->size() > 0) set->inputs = (set->inputs - mean) / std;
+  }
+}
+
+at::Tensor random_crop_flip(const at::Tensor& images, int64_t pad) {
+  const int64_t n = images.size(0), h = images.size(2), w = images.size(3);
+  at::Tensor padded = at::constant_pad_nd(images, {pad, pad, pad, pad}, 0.0);
+  at::Tensor offsets = at::randint(0, 2 * pad + 1, {n, 2}, at::kLong);
+  at::Tensor flips = at::rand({n}) < 0.5;
+  at::Tensor out = at::empty_like(images);
+  auto off = offsets.accessor<int64_t, 2>();
+  auto flip = flips.accessor<bool, 1>();
+  for (int64_t i = 0; i < n; ++i) {
+    at::Tensor crop = padded[i].narrow(1, off[i][0], h).narrow(2, off[i][1], w);
+    out[i].copy_(flip[i] ? crop.flip({2}) : crop);
+  }
+  return out;
+}
+
+void validate(const std::string& name, const ImageDataOptions& options, const std::string& where) {
+  if (options.train_limit() < 0) throw ConfigError(where + ".train_limit: must be >= 0");
+  if (options.test_limit() < 0) throw ConfigError(where + ".test_limit: must be >= 0");
+  if (options.labels() != "fine" && options.labels() != "coarse") {
+    throw ConfigError(where + ".labels: expected fine or coarse, got '" + options.labels() + "'");
+  }
+  if (options.labels() == "coarse" && name != "cifar100") {
+    throw ConfigError(where + ".labels: coarse labels exist only for cifar100");
+  }
+}
+
+Splits load_image_data(const std::string& name, const ImageDataOptions& options) {
+  validate(name, options, "data");
+  Splits splits;
+  if (name == "fashion_mnist" || name == "mnist") {
+    const std::string root = !options.root().empty() ? options.root()
+                             : name == "mnist"       ? "/usr/share/datasets/mnist"
+                                                     : "/usr/share/datasets/fashion-mnist";
+    if (!fs::is_directory(root)) {
+      throw DataError(root + ": no such directory" +
+                      (name == "fashion_mnist" ? std::string(" (apt-get install dataset-fashion-mnist)")
+                                               : std::string(" (set data.root)")));
+    }
+    splits.train = load_idx_pair(find_idx_file(root, "train-images-idx3-ubyte"),
+                                 find_idx_file(root, "train-labels-idx1-ubyte"));
+    splits.test = load_idx_pair(find_idx_file(root, "t10k-images-idx3-ubyte"),
+                                find_idx_file(root, "t10k-labels-idx1-ubyte"));
+  } else if (name == "cifar10" || name == "cifar100") {
+    const bool c10 = name == "cifar10";
+    const std::string root = !options.root().empty() ? options.root()
+                             : c10 ? "data/cifar-10-batches-bin"
+                                   : "data/cifar-100-binary";
+    std::vector<std::string> train_files;
+    if (c10) {
+      for (int b = 1; b <= 5; ++b) train_files.push_back(root + "/data_batch_" + std::to_string(b) + ".bin");
+    } else {
+      train_files.push_back(root + "/train.bin");
+    }
+    const std::string test_file = root + (c10 ? "/test_batch.bin" : "/test.bin");
+    const int label_bytes = c10 ? 1 : 2;
+    const int label_index = c10 ? 0 : options.labels() == "coarse" ? 0 : 1;
+    splits.train = load_cifar_binary(train_files, label_bytes, label_index);
+    splits.test = load_cifar_binary({test_file}, label_bytes, label_index);
+  } else {
+    throw ConfigError("data.name: '" + name + "' is not an image data set");
+  }
+  splits.train = first(splits.train, options.train_limit());
+  splits.test = first(splits.test, options.test_limit());
+  splits.class_names = class_names(name, options);
+  const auto num_classes = static_cast<int64_t>(splits.class_names.size());
+  for (const LabelledSet* set : {&splits.train, &splits.test}) {
+    if (set->size() > 0 && set->labels.max().item<int64_t>() >= num_classes) {
+      throw DataError("data." + name + ": a label is " +
+                      std::to_string(set->labels.max().item<int64_t>()) + ", but there are only " +
+                      std::to_string(num_classes) + " classes");
+    }
+  }
+  if (options.normalize()) normalize_per_channel(splits);
+  if (options.augment()) {
+    splits.augment = [](const at::Tensor& batch) { return random_crop_flip(batch); };
+  }
+  return splits;
+}
+
+}  // namespace moelab::data

@@ -1,0 +1,148 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "moelab/config/run_config.h"
+#include "moelab/models/vision.h"
+
+using namespace moelab::models;
+
+namespace {
+
+ConvNetOptions small_convnet() {
+  return ConvNetOptions().in_channels(1).image_size(8).num_classes(3).width(2).depth(2).hidden(4);
+}
+
+VisionMoEOptions small_vision_moe(int64_t experts, int64_t k) {
+  VisionMoEOptions o;
+  o.expert(small_convnet()).num_experts(experts).router_width(2);
+  o.router().top_k(k);
+  return o;
+}
+
+}  // namespace
+
+TEST(ConvNetTest, ParametersAndFlopsMatchHandCounts) {
+  // conv 1->2: 20 params, 2*1*2*9*8*8 = 2304 FLOPs; conv 2->4: 76, 2*2*4*9*4*4 = 2304;
+  // fc 16->4: 68, 128; fc 4->3: 15, 24.
+  EXPECT_EQ(convnet_parameters(small_convnet()), 179);
+  EXPECT_EQ(convnet_flops(small_convnet()), 4760);
+  ConvNet net(small_convnet());
+  int64_t counted = 0;
+  for (const auto& p : net->parameters()) counted += p.numel();
+  EXPECT_EQ(counted, 179);
+  EXPECT_EQ(net->forward(torch::randn({5, 1, 8, 8})).sizes(), (std::vector<int64_t>{5, 3}));
+  // A width multiplier of 1.5 gives 3 and 6 channels and 6 hidden units.
+  auto wide = small_convnet().width_multiplier(1.5);
+  EXPECT_EQ(stage_channels(wide, 0), 3);
+  EXPECT_EQ(stage_channels(wide, 1), 6);
+  EXPECT_EQ(hidden_units(wide), 6);
+}
+
+TEST(VisionMoETest, HardTop1RunsOnlyTheChosenExpertOnExactlyItsImages) {
+  torch::manual_seed(3);
+  VisionMoEImpl model(small_vision_moe(3, 1));
+  const at::Tensor x = torch::randn({12, 1, 8, 8});
+  ModelOutput out = model.forward(x);
+  const at::Tensor chosen = out.moe_layers[0].stats.indices.view({-1});
+  const at::Tensor per_expert = at::bincount(chosen, {}, 3);
+  const auto& rows = model.last_rows_per_expert();
+  for (int64_t e = 0; e < 3; ++e) EXPECT_EQ(rows.at(e), per_expert[e].item<int64_t>()) << e;
+  EXPECT_EQ(rows[0] + rows[1] + rows[2], 12);
+  // Naive reference: each image through its own expert, scaled by its gate probability.
+  torch::NoGradGuard no_grad;
+  const at::Tensor probs = torch::softmax(model.router_network->forward(x), -1);
+  for (int64_t i = 0; i < 12; ++i) {
+    const int64_t e = chosen[i].item<int64_t>();
+    EXPECT_EQ(e, probs[i].argmax().item<int64_t>());
+    const at::Tensor expected = probs[i][e] * model.experts[e]->forward(x.narrow(0, i, 1))[0];
+    EXPECT_TRUE(torch::allclose(out.logits[i], expected, 1e-5, 1e-6)) << i;
+  }
+}
+
+TEST(VisionMoETest, TopKMixesTheKExpertsByGateValue) {
+  torch::manual_seed(4);
+  VisionMoEImpl model(small_vision_moe(4, 2));
+  const at::Tensor x = torch::randn({6, 1, 8, 8});
+  ModelOutput out = model.forward(x);
+  torch::NoGradGuard no_grad;
+  const at::Tensor probs = torch::softmax(model.router_network->forward(x), -1);
+  const auto top = probs.topk(2, -1);
+  for (int64_t i = 0; i < 6; ++i) {
+    at::Tensor expected = torch::zeros({3});
+    for (int64_t j = 0; j < 2; ++j) {
+      const int64_t e = std::get<1>(top)[i][j].item<int64_t>();
+      expected += std::get<0>(top)[i][j] * model.experts[e]->forward(x.narrow(0, i, 1))[0];
+    }
+    EXPECT_TRUE(torch::allclose(out.logits[i], expected, 1e-5, 1e-6)) << i;
+  }
+  int64_t slots = 0;
+  for (int64_t r : model.last_rows_per_expert()) slots += r;
+  EXPECT_EQ(slots, 12);
+}
+
+TEST(VisionMoETest, OneExpertTop1IsTheExpertAlone) {
+  VisionMoEImpl model(small_vision_moe(1, 1));
+  const at::Tensor x = torch::randn({5, 1, 8, 8});
+  const at::Tensor out = model.forward(x).logits;
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::allclose(out, model.experts[0]->forward(x), 1e-6, 1e-7));
+}
+
+TEST(VisionMoETest, TheRouterLearnsThroughTheGateValue) {
+  VisionMoEImpl model(small_vision_moe(3, 1));
+  ModelOutput out = model.forward(torch::randn({8, 1, 8, 8}));
+  at::cross_entropy_loss(out.logits, torch::randint(0, 3, {8}, at::kLong)).backward();
+  EXPECT_GT(model.router_network->score->weight.grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST(VisionMoETest, CostCountsTheRouterAndKExperts) {
+  VisionMoEImpl model(small_vision_moe(4, 2));
+  const ModelCost cost = model.cost();
+  int64_t router_params = 0;
+  for (const auto& p : model.router_network->parameters()) router_params += p.numel();
+  EXPECT_EQ(cost.parameters_total, router_params + 4 * 179);
+  EXPECT_EQ(cost.parameters_active, router_params + 2 * 179);
+  // Router: conv 1->2 stride 2 on 8x8 -> 4x4: 2*1*2*9*16 = 576; conv 2->4 -> 2x2: 2*2*4*9*4 =
+  // 576; score 4->4: 32.
+  EXPECT_EQ(model.router_network->flops(), 576 + 576 + 32);
+  EXPECT_EQ(cost.flops_per_sample, 1184 + 2 * 4760);
+}
+
+TEST(VisionMoETest, DenseBaselinesMatchFlopsAndParametersWithinFivePercent) {
+  const ConvNetOptions expert = ConvNetOptions().width(16).depth(2).hidden(64);
+  for (int64_t experts : {4, 8}) {
+    VisionMoEOptions options;
+    options.expert(expert).num_experts(experts);
+    const ModelCost moe = VisionMoEImpl(options).cost();
+    ConvNetOptions iso_flops = expert;
+    iso_flops.width_multiplier(match_width_multiplier(expert, MatchTarget::kFlops, moe.flops_per_sample));
+    ConvNetOptions iso_params = expert;
+    iso_params.width_multiplier(
+        match_width_multiplier(expert, MatchTarget::kParameters, moe.parameters_total));
+    EXPECT_NEAR(convnet_flops(iso_flops), moe.flops_per_sample, 0.05 * moe.flops_per_sample);
+    EXPECT_NEAR(convnet_parameters(iso_params), moe.parameters_total, 0.05 * moe.parameters_total);
+    EXPECT_GT(iso_params.width_multiplier(), iso_flops.width_multiplier());
+  }
+}
+
+TEST(ResNet18Test, HasTheKnownParameterCountAndShapes) {
+  // The CIFAR ResNet-18 with 10 classes has 11,173,962 parameters.
+  EXPECT_EQ(ResNet18Impl(ResNet18Options()).cost().parameters_total, 11173962);
+  ResNet18Impl narrow(ResNet18Options().width(4));
+  EXPECT_EQ(narrow.forward(torch::randn({2, 3, 32, 32})).logits.sizes(), (std::vector<int64_t>{2, 10}));
+  EXPECT_THROW(narrow.forward(torch::randn({2, 1, 28, 28})), c10::Error);
+}
+
+TEST(VisionRegistryTest, ConfigBuildsEachVisionModel) {
+  for (const char* name : {"vision_moe", "cnn", "resnet18"}) {
+    auto config = moelab::config::resolve_run_config({}, {std::string("model.name=") + name});
+    EXPECT_NE(moelab::config::build_model(config), nullptr) << name;
+  }
+  auto config = moelab::config::resolve_run_config(
+      {}, {"model.name=vision_moe", "model.num_experts=8", "model.router.top_k=2",
+           "model.expert.width=8"});
+  auto model = std::dynamic_pointer_cast<VisionMoEImpl>(moelab::config::build_model(config));
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->options.num_experts(), 8);
+  EXPECT_EQ(model->experts[0]->options.width(), 8);
+}
