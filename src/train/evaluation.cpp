@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 namespace moelab::train {
 
 Evaluation evaluate(models::Model& model, const data::LabelledSet& set, int64_t batch_size,
-                    Precision precision) {
+                    Precision precision, int64_t num_classes) {
   Evaluation result;
   if (set.size() == 0) return result;
   torch::NoGradGuard no_grad;
@@ -26,13 +26,26 @@ Evaluation evaluate(models::Model& model, const data::LabelledSet& set, int64_t 
   double loss_sum = 0, correct = 0;
   for (int64_t start = 0; start < set.size(); start += batch_size) {
     const int64_t n = std::min(batch_size, set.size() - start);
-    at::Tensor logits;
+    models::ModelOutput out;
     {
       AutocastScope autocast(precision);
-      logits = model.forward(set.inputs.narrow(0, start, n)).logits.to(at::kFloat);
+      out = model.forward(set.inputs.narrow(0, start, n));
     }
+    const at::Tensor logits = out.logits.to(at::kFloat);
     const at::Tensor labels = set.labels.narrow(0, start, n);
-    loss_sum += at::cross_entropy_loss(logits, labels, {}, at::Reduction::Sum).item<double>();
+    const at::Tensor sample_loss = at::cross_entropy_loss(logits, labels, {}, at::Reduction::None);
+    loss_sum += sample_loss.sum().item<double>();
+    if (num_classes > 0) {
+      result.class_expert.resize(out.moe_layers.size());
+      result.expert_loss.resize(out.moe_layers.size());
+      for (size_t l = 0; l < out.moe_layers.size(); ++l) {
+        const at::Tensor counts =
+            analysis::class_expert_counts(out.moe_layers[l].stats, labels, num_classes);
+        result.class_expert[l] =
+            result.class_expert[l].defined() ? result.class_expert[l] + counts : counts;
+        result.expert_loss[l].add(out.moe_layers[l].stats, sample_loss);
+      }
+    }
     correct += logits.argmax(-1).eq(labels).sum().item<double>();
   }
   model.train(was_training);

@@ -78,9 +78,11 @@ at::Tensor epoch_permutation(uint64_t seed, int64_t epoch, int64_t size) {
   return at::randperm(size, generator, at::kLong);
 }
 
-nlohmann::json routing_json(const std::vector<nn::MoEOutput>& layers) {
+nlohmann::json routing_json(const std::vector<nn::MoEOutput>& layers,
+                            const std::vector<analysis::ExpertTally>& tallies) {
   nlohmann::json out = nlohmann::json::array();
-  for (const auto& layer : layers) {
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& layer = layers[l];
     const auto& s = layer.stats;
     at::Tensor usage = s.usage.to(at::kDouble).contiguous();
     out.push_back({{"usage", std::vector<double>(usage.data_ptr<double>(),
@@ -90,6 +92,19 @@ nlohmann::json routing_json(const std::vector<nn::MoEOutput>& layers) {
                    {"dropped_fraction", s.dropped_fraction},
                    {"load_balance", layer.aux_terms.load_balance.item<double>()},
                    {"z_loss", layer.aux_terms.z_loss.item<double>()}});
+    if (l < tallies.size() && !tallies[l].empty()) {
+      out.back()["expert_loss"] = analysis::to_json_numbers(tallies[l].mean_loss());
+    }
+  }
+  return out;
+}
+
+nlohmann::json tally_json(const std::vector<analysis::ExpertTally>& tallies) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& tally : tallies) {
+    out.push_back({{"usage", analysis::to_json_numbers(tally.usage())},
+                   {"samples", analysis::to_json_numbers(tally.counts())},
+                   {"expert_loss", analysis::to_json_numbers(tally.mean_loss())}});
   }
   return out;
 }
@@ -231,8 +246,21 @@ bool Trainer::epoch_exhausted() const {
   return cursor_ + options_.batch_size() > data_.train.size();
 }
 
+void Trainer::write_epoch_line() {
+  bool any = false;
+  for (const auto& tally : epoch_tally_) any = any || !tally.empty();
+  if (!any) return;
+  append_metrics(nlohmann::json{{"kind", "epoch"},
+                                {"epoch", epoch_},
+                                {"step", step_},
+                                {"moe_layers", tally_json(epoch_tally_)}}
+                     .dump());
+  for (auto& tally : epoch_tally_) tally.clear();
+}
+
 at::Tensor Trainer::next_batch() {
   if (epoch_exhausted()) {  // drop the last partial batch, start the next epoch
+    write_epoch_line();
     ++epoch_;
     cursor_ = 0;
     epoch_order_ = epoch_permutation(options_.seed(), epoch_, data_.train.size());
@@ -264,6 +292,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
   double running_loss = std::nan("");
   int64_t interval_samples = 0, interval_steps = 0;
   process_start_ = Clock::now();
+  const int64_t first_step = step_;
   auto interval_start = Clock::now(), last_checkpoint_time = Clock::now(), last_draw = Clock::now();
 
   auto say = [&](const std::string& line) {
@@ -306,6 +335,17 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
         loss = task + out.aux_loss.to(at::kFloat);
       }
       (loss / static_cast<double>(options_.grad_accumulation())).backward();
+      {
+        const at::Tensor sample_loss =
+            at::cross_entropy_loss(out.logits.detach().to(at::kFloat), batch.labels, {},
+                                   at::Reduction::None);
+        interval_tally_.resize(out.moe_layers.size());
+        epoch_tally_.resize(out.moe_layers.size());
+        for (size_t l = 0; l < out.moe_layers.size(); ++l) {
+          interval_tally_[l].add(out.moe_layers[l].stats, sample_loss);
+          epoch_tally_[l].add(out.moe_layers[l].stats, sample_loss);
+        }
+      }
       const double loss_value = loss.item<double>();
       interval_loss += loss_value;
       interval_task += task.item<double>();
@@ -368,8 +408,9 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
                                     {"lr", lr},
                                     {"skipped_steps", nonfinite_total_},
                                     {"samples_per_s", samples_per_s},
-                                    {"moe_layers", routing_json(routing)}}
+                                    {"moe_layers", routing_json(routing, interval_tally_)}}
                          .dump());
+      for (auto& tally : interval_tally_) tally.clear();
       if (console_mode_ == ConsoleMode::kLines) {
         say(fmt::format("step {}/{}  loss {:.4f}  accuracy {:.4f}  lr {:.3g}  {:.0f} samples/s  "
                         "elapsed {}",
@@ -427,6 +468,43 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     if (stop != StopReason::kCompleted) break;
   }
   if (console_mode_ == ConsoleMode::kProgressBar) *console_ << "\n";
+  if (epoch_exhausted()) write_epoch_line();
+  const bool finished = step_ == total_steps_ || stop == StopReason::kEarlyStopping;
+  if (step_ > first_step && finished) {
+    const data::LabelledSet& set = data_.test.size() > 0 ? data_.test : data_.val;
+    if (set.size() > 0) {
+      const Evaluation test = evaluate(*model_, set, eval_batch, precision_,
+                                       static_cast<int64_t>(data_.class_names.size()));
+      model_->train();
+      nlohmann::json layers = nlohmann::json::array();
+      for (size_t l = 0; l < test.class_expert.size(); ++l) {
+        const at::Tensor counts = test.class_expert[l].contiguous();
+        std::vector<std::vector<int64_t>> rows;
+        for (int64_t c = 0; c < counts.size(0); ++c) {
+          const at::Tensor row = counts[c].contiguous();
+          rows.emplace_back(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
+        }
+        layers.push_back({{"class_expert", rows},
+                          {"mutual_information", analysis::mutual_information(counts)},
+                          {"expert_loss", analysis::to_json_numbers(test.expert_loss[l].mean_loss())},
+                          {"samples", analysis::to_json_numbers(test.expert_loss[l].counts())}});
+      }
+      append_metrics(nlohmann::json{{"kind", "test"},
+                                    {"step", step_},
+                                    {"split", data_.test.size() > 0 ? "test" : "val"},
+                                    {"loss", test.loss},
+                                    {"accuracy", test.accuracy},
+                                    {"samples", test.samples},
+                                    {"class_names", data_.class_names},
+                                    {"moe_layers", layers}}
+                         .dump());
+      say(fmt::format("{} split: loss {:.4f}, accuracy {:.4f}", data_.test.size() > 0 ? "test" : "val",
+                      test.loss, test.accuracy));
+      summary.tested = true;
+      summary.test_loss = test.loss;
+      summary.test_accuracy = test.accuracy;
+    }
+  }
   summary.steps = step_;
   summary.skipped_steps = nonfinite_total_;
   summary.stop_reason = stop;
@@ -461,7 +539,12 @@ void Trainer::save_checkpoint() {
                     {"nonfinite_in_a_row", nonfinite_in_a_row_},
                     {"nonfinite_total", nonfinite_total_},
                     {"train_seconds", seconds_trained()},
-                    {"early_stopping", early_stopping_.state()}});
+                    {"early_stopping", early_stopping_.state()},
+                    {"epoch_tally", [&] {
+                       nlohmann::json states = nlohmann::json::array();
+                       for (const auto& tally : epoch_tally_) states.push_back(tally.state());
+                       return states;
+                     }()}});
   const bool keep_best = options_.monitor().keep_best() && early_stopping_.has_best();
   const std::string best_name = keep_best ? checkpoint_name(early_stopping_.best_step()) : "";
   auto dirs = checkpoint_dirs(run_dir_);
@@ -482,6 +565,11 @@ void Trainer::load_checkpoint(const std::string& directory) {
   nonfinite_total_ = meta.value("nonfinite_total", int64_t{0});
   seconds_before_ = meta.value("train_seconds", 0.0);
   early_stopping_.load_state(meta.value("early_stopping", nlohmann::json::object()));
+  epoch_tally_.clear();
+  for (const auto& state : meta.value("epoch_tally", nlohmann::json::array())) {
+    epoch_tally_.emplace_back();
+    epoch_tally_.back().load_state(state);
+  }
   epoch_order_ = epoch_permutation(options_.seed(), epoch_, data_.train.size());
   load_module_weights(*model_, directory + "/model.safetensors");
   torch::serialize::InputArchive archive;

@@ -122,3 +122,35 @@ TEST_F(EvaluationTest, ExportWritesSafetensorsWhoseHeaderMatchesConfigJson) {
   EXPECT_EQ(header["moe0.experts.w_in"]["shape"], nlohmann::json({4, 48, 16}));
   EXPECT_EQ(header["moe0.router.gate.weight"]["shape"], nlohmann::json({4, 16}));
 }
+
+TEST(RoutingAnalysisTest, MutualInformationAndTopClassesOnHandCases) {
+  // Each class always goes to its own expert: I = H(class) = log 2.
+  EXPECT_NEAR(moelab::analysis::mutual_information(torch::tensor({{5, 0}, {0, 5}}, at::kLong)),
+              std::log(2.0), 1e-12);
+  // Expert independent of class: I = 0.
+  EXPECT_NEAR(moelab::analysis::mutual_information(torch::tensor({{2, 6}, {1, 3}}, at::kLong)), 0.0,
+              1e-12);
+  const auto top = moelab::analysis::top_classes(torch::tensor({{1, 0}, {3, 2}, {0, 2}}, at::kLong), 0, 5);
+  ASSERT_EQ(top.size(), 2u);  // classes with no samples are left out
+  EXPECT_EQ(top[0].first, 1);
+  EXPECT_DOUBLE_EQ(top[0].second, 0.75);
+}
+
+TEST(RoutingAnalysisTest, TallyAndCountsSkipDroppedAssignments) {
+  moelab::nn::RoutingStats stats;
+  stats.tokens_per_expert = torch::zeros({3}, at::kLong);
+  stats.indices = torch::tensor({{0, 2}, {1, 2}, {0, 1}}, at::kLong);
+  stats.kept = torch::tensor({{true, true}, {true, false}, {true, true}});
+  moelab::analysis::ExpertTally tally;
+  tally.add(stats, torch::tensor({1.0, 2.0, 4.0}));
+  const auto mean = tally.mean_loss();
+  EXPECT_DOUBLE_EQ(mean[0], 2.5);  // samples 0 and 2
+  EXPECT_DOUBLE_EQ(mean[1], 3.0);  // samples 1 and 2
+  EXPECT_DOUBLE_EQ(mean[2], 1.0);  // sample 0 only: sample 1's choice was dropped
+  const at::Tensor counts = moelab::analysis::class_expert_counts(
+      stats, torch::tensor({1, 0, 1}, at::kLong), 2);
+  EXPECT_TRUE(torch::equal(counts, torch::tensor({{0, 1, 0}, {2, 1, 1}}, at::kLong)));
+  moelab::analysis::ExpertTally restored;
+  restored.load_state(tally.state());
+  EXPECT_EQ(restored.mean_loss(), mean);
+}

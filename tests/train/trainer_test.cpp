@@ -100,9 +100,31 @@ TEST_F(TrainerTest, LossFallsAndTheRunDirectoryIsComplete) {
   auto lines = metrics(dir("run"));
   ASSERT_GE(lines.size(), 8u);
   EXPECT_EQ(lines.front()["kind"], "train");
-  EXPECT_LT(lines.back()["val_loss"].get<double>(), lines.front()["loss"].get<double>());
+  EXPECT_LT(lines_of_kind(dir("run"), "eval").back()["val_loss"].get<double>(),
+            lines.front()["loss"].get<double>());
   EXPECT_EQ(lines.front()["moe_layers"].size(), 2u);
   EXPECT_EQ(lines.front()["moe_layers"][0]["usage"].size(), 4u);
+  EXPECT_EQ(lines.front()["moe_layers"][0]["expert_loss"].size(), 4u);
+  // One line per finished epoch (540 training samples: 16 micro-batches of 32, 8 steps),
+  // counting every sample's two experts.
+  const auto epochs = lines_of_kind(dir("run"), "epoch");
+  ASSERT_EQ(epochs.size(), 5u);
+  double assignments = 0;
+  for (const auto& n : epochs[0]["moe_layers"][0]["samples"]) assignments += n.get<double>();
+  EXPECT_EQ(assignments, 16 * 32 * 2);
+  // The finished run is scored on its held-out split (no test split here: validation, 60
+  // samples), with class x expert counts.
+  const nlohmann::json test = lines.back();
+  EXPECT_EQ(test["kind"], "test");
+  EXPECT_EQ(test["split"], "val");
+  EXPECT_EQ(test["samples"], 60);
+  EXPECT_EQ(test["class_names"].size(), 3u);
+  int64_t cells = 0;
+  for (const auto& row : test["moe_layers"][1]["class_expert"]) {
+    for (const auto& count : row) cells += count.get<int64_t>();
+  }
+  EXPECT_EQ(cells, 60 * 2);
+  EXPECT_GE(test["moe_layers"][0]["mutual_information"].get<double>(), 0.0);
   EXPECT_TRUE(fs::exists(dir("run") + "/config.yaml"));
   EXPECT_EQ(latest_checkpoint(dir("run")), dir("run") + "/checkpoints/step-00000040");
 }

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "moelab/analysis/routing.h"
 #include "moelab/data/dataset.h"
 #include "moelab/models/model.h"
 #include "moelab/util/runtime.h"
@@ -29,11 +30,16 @@ struct Evaluation {
   double loss = 0;      // mean cross-entropy of the task (aux losses excluded)
   double accuracy = 0;
   int64_t samples = 0;
+  /// With routing analysis, per MoE layer: (classes, E) counts of (class, expert) assignments
+  /// and each expert's samples and their loss.
+  std::vector<at::Tensor> class_expert;
+  std::vector<analysis::ExpertTally> expert_loss;
 };
 
-/// The model in eval mode, without gradients, over `set` in batches of `batch_size`.
+/// The model in eval mode, without gradients, over `set` in batches of `batch_size`. With
+/// `num_classes` > 0 the routing of every sample is tallied too.
 Evaluation evaluate(models::Model& model, const data::LabelledSet& set, int64_t batch_size,
-                    Precision precision = Precision::kFloat32);
+                    Precision precision = Precision::kFloat32, int64_t num_classes = 0);
 
 /// A checkpoint directory given as itself; a run directory as its best checkpoint (if kept) or,
 /// with `prefer_latest` or without a best one, its newest. CheckpointError if there is none.

@@ -5,8 +5,10 @@
 //
 // Run directory:
 //   config.yaml                resolved config of the run
-//   metrics.jsonl              one JSON object per log interval ("train"), evaluation ("eval")
-//                              and skipped step ("skip")
+//   metrics.jsonl              one JSON object per log interval ("train"), evaluation ("eval"),
+//                              epoch ("epoch": expert usage and loss), skipped step ("skip"),
+//                              and at the end of the run the test split ("test": accuracy,
+//                              class x expert counts, per-expert loss)
 //   checkpoints/step-NNNNNNNN/ model.safetensors, optimizer.pt, rng.safetensors, config.yaml,
 //                              manifest.json (step, epoch, cursor, early-stopping state, time
 //                              trained, checksums)
@@ -26,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "moelab/analysis/routing.h"
 #include "moelab/data/dataset.h"
 #include "moelab/models/model.h"
 #include "moelab/train/progress.h"
@@ -113,6 +116,9 @@ struct TrainSummary {
   bool evaluated = false;       // whether this run() evaluated (val_* are its last evaluation)
   double val_loss = 0;
   double val_accuracy = 0;
+  bool tested = false;          // the finished run was scored on its test split (val if none)
+  double test_loss = 0;
+  double test_accuracy = 0;
   StopReason stop_reason = StopReason::kCompleted;
   std::string checkpoint;       // the newest checkpoint written
   int64_t best_step = -1;       // best evaluation of the monitored metric, -1 if none yet
@@ -152,6 +158,7 @@ class Trainer {
   void build();
   at::Tensor next_batch();
   bool epoch_exhausted() const;
+  void write_epoch_line();
   void save_checkpoint();
   void load_checkpoint(const std::string& directory);
   void append_metrics(const std::string& line);
@@ -169,6 +176,9 @@ class Trainer {
   int64_t nonfinite_in_a_row_ = 0, nonfinite_total_ = 0;
   at::Tensor epoch_order_;
   EarlyStopping early_stopping_{MonitorOptions()};
+  // Per MoE layer: the samples each expert computed and their loss, over the log interval and
+  // over the epoch (checkpointed, so the epoch line of a resumed run is the same).
+  std::vector<analysis::ExpertTally> interval_tally_, epoch_tally_;
   double seconds_before_ = 0;  // trained by earlier processes of this run
   std::chrono::steady_clock::time_point process_start_ = std::chrono::steady_clock::now();
   std::string last_checkpoint_;
