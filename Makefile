@@ -7,7 +7,7 @@ JOBS      ?= $(shell nproc)
 export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_file_ctime
 export CCACHE_DIR ?= $(HOME)/.cache/ccache
 
-.PHONY: deps configure build test bench demo clean
+.PHONY: deps configure build test bench demo clean clean-runs
 
 deps:
 	./scripts/install-deps
@@ -26,10 +26,14 @@ test: build
 bench: build
 	$(BUILD_DIR)/bin/moelab_bench --benchmark_min_time=1
 
-# Until the vision study exists, the demo is the MoE layer benchmark at the README's sizes.
+# The vision MoE study on Fashion-MNIST: five runs, then runs/fashion_mnist/report/index.html.
+# An interrupted demo continues where it stopped; `make clean-runs` starts it over.
+DEMO_DIR ?= runs/fashion_mnist
 demo: build
-	$(BUILD_DIR)/bin/moelab bench moe-layer --tokens 4096 --d-model 512 --d-ff 1024 --experts 8 --top-k 2 --mode fwdbwd
-	$(BUILD_DIR)/bin/moelab bench moe-layer --tokens 4096 --d-model 512 --d-ff 1024 --experts 64 --top-k 2 --mode fwdbwd
+	$(BUILD_DIR)/bin/moelab study -c configs/studies/fashion_mnist.yaml --run-dir $(DEMO_DIR)
+
+clean-runs:
+	rm -rf $(DEMO_DIR)
 
 clean:
 	rm -rf $(BUILD_DIR)

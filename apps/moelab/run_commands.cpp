@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "commands.h"
+#include "moelab/analysis/study.h"
 #include "moelab/config/run_config.h"
 #include "moelab/train/evaluation.h"
 #include "moelab/train/trainer.h"
@@ -122,6 +123,47 @@ void register_run_commands(CLI::App& app, Action& action) {
                                e.checkpoint, e.step, e.split, e.result.loss, e.result.accuracy,
                                e.result.samples);
     };
+  });
+
+  struct StudyArguments {
+    std::vector<std::string> files, overrides;
+    std::string run_dir;
+    bool dump_plan = false;
+  };
+  auto study_args = std::make_shared<StudyArguments>();
+  CLI::App* study = app.add_subcommand(
+      "study", "Train the runs of a comparative study, then write its HTML report");
+  study->add_option("-c,--config", study_args->files, "Study file; repeat to stack them")
+      ->required()
+      ->allow_extra_args(false);
+  study->add_option("overrides", study_args->overrides, "key.sub=value overrides of the study file");
+  study->add_option("--run-dir", study_args->run_dir, "Study directory (default runs/<study name>)");
+  study->add_flag("--dump-plan", study_args->dump_plan, "Print every run's resolved config and exit");
+  study->callback([study_args, &action] {
+    action = [study_args] {
+      const analysis::StudyPlan plan = analysis::plan_study(study_args->files, study_args->overrides);
+      if (study_args->dump_plan) {
+        for (const auto& [name, config] : plan.runs) std::cout << "# " << name << "\n" << config << "\n---\n";
+        return;
+      }
+      const std::string dir = study_args->run_dir.empty() ? "runs/" + plan.name : study_args->run_dir;
+      train::install_stop_signal_handlers();
+      const nlohmann::json result =
+          analysis::run_study(plan, dir, train::console_mode_for_stdout(), std::cout);
+      for (const auto& run : result["runs"]) {
+        std::cout << fmt::format("{:<20} test accuracy {:.2f}%  params {:>9}  FLOPs/image {:>11}\n",
+                                 run["name"].get<std::string>(), 100.0 * run["test_accuracy"].get<double>(),
+                                 run["parameters_total"].get<int64_t>(), run["flops_per_sample"].get<int64_t>());
+      }
+      std::cout << "report: " << analysis::write_report(dir) << "\n";
+    };
+  });
+
+  auto report_dir = std::make_shared<std::string>();
+  CLI::App* report = app.add_subcommand("report", "Rebuild the HTML report of a finished study");
+  report->add_option("study_dir", *report_dir, "The study directory")->required();
+  report->callback([report_dir, &action] {
+    action = [report_dir] { std::cout << "report: " << analysis::write_report(*report_dir) << "\n"; };
   });
 
   struct ExportArguments {

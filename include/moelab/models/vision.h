@@ -119,8 +119,8 @@ class DenseCNNImpl : public Model {
 
 enum class MatchTarget { kFlops, kParameters };
 
-/// The width multiplier (to 1e-3) whose ConvNet's FLOPs or parameters come closest to `target`,
-/// all else as in `base`.
+/// The width multiplier whose ConvNet's FLOPs or parameters come closest to `target`, all else
+/// as in `base` (channels are whole numbers, so the match is as close as rounding allows).
 double match_width_multiplier(const ConvNetOptions& base, MatchTarget what, int64_t target);
 
 struct ResNet18Options {

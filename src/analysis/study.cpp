@@ -1,0 +1,428 @@
+#include "moelab/analysis/study.h"
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "moelab/analysis/plot.h"
+#include "moelab/analysis/routing.h"
+#include "moelab/config/config.h"
+#include "moelab/config/run_config.h"
+#include "moelab/models/vision.h"
+#include "moelab/train/checkpoint.h"
+#include "moelab/train/trainer.h"
+#include "moelab/util/errors.h"
+
+namespace fs = std::filesystem;
+
+namespace moelab::analysis {
+
+namespace {
+
+void reject_unknown(const YAML::Node& node, const std::set<std::string>& known,
+                    const std::string& where) {
+  if (!node.IsMap()) throw ConfigError(where + ": expected a section of keys");
+  for (const auto& item : node) {
+    const std::string key = item.first.as<std::string>();
+    if (known.count(key)) continue;
+    std::string message = (where.empty() ? "" : where + ".") + key + ": unknown key";
+    const std::string suggestion = config::nearest(key, {known.begin(), known.end()});
+    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+    throw ConfigError(message);
+  }
+}
+
+std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
+  }
+  return lines;
+}
+
+const nlohmann::json* last_of_kind(const std::vector<nlohmann::json>& lines, const std::string& kind) {
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    if ((*it)["kind"] == kind) return &*it;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<std::string>& overrides) {
+  const YAML::Node tree = config::resolve(YAML::Node(YAML::NodeType::Map), files, overrides);
+  reject_unknown(tree, {"study", "base", "runs"}, "");
+  StudyPlan plan;
+  const YAML::Node study = tree["study"];
+  if (study) reject_unknown(study, {"name", "reference"}, "study");
+  plan.name = study && study["name"] ? study["name"].as<std::string>() : "study";
+  plan.reference = study && study["reference"] ? study["reference"].as<std::string>() : "";
+  const YAML::Node base = tree["base"] ? tree["base"] : YAML::Node(YAML::NodeType::Map);
+  if (!tree["runs"] || !tree["runs"].IsSequence() || tree["runs"].size() == 0) {
+    throw ConfigError("runs: expected a list of runs");
+  }
+  std::map<std::string, YAML::Node> resolved;
+  std::vector<std::pair<std::string, YAML::Node>> matched;  // resolved after the reference
+  std::vector<std::string> order;
+  for (size_t i = 0; i < tree["runs"].size(); ++i) {
+    const YAML::Node run = tree["runs"][i];
+    const std::string where = "runs[" + std::to_string(i) + "]";
+    reject_unknown(run, {"name", "model", "train", "data", "match"}, where);
+    if (!run["name"]) throw ConfigError(where + ".name: every run needs a name");
+    const std::string name = run["name"].as<std::string>();
+    if (name.empty() || name.find('/') != std::string::npos || resolved.count(name) ||
+        std::find(order.begin(), order.end(), name) != order.end()) {
+      throw ConfigError(where + ".name: '" + name + "' must be unique, non-empty, without '/'");
+    }
+    order.push_back(name);
+    YAML::Node config = config::clone(base);
+    for (const char* section : {"train", "data"}) {
+      if (run[section]) {
+        YAML::Node target = config[section] ? config[section] : YAML::Node(YAML::NodeType::Map);
+        config::merge(target, run[section]);
+        config[section] = target;
+      }
+    }
+    if (run["match"]) {
+      const std::string what = run["match"].as<std::string>();
+      if (what != "flops" && what != "parameters") {
+        throw ConfigError(where + ".match: expected flops or parameters, got '" + what + "'");
+      }
+      matched.emplace_back(name, config);
+      continue;
+    }
+    if (run["model"]) {
+      YAML::Node model = config["model"] ? config["model"] : YAML::Node(YAML::NodeType::Map);
+      config::merge(model, run["model"]);
+      config["model"] = model;
+    }
+    try {
+      resolved[name] = config::resolve_run_config(config);
+    } catch (const ConfigError& e) {
+      throw ConfigError(where + " (" + name + "): " + e.what());
+    }
+  }
+  if (!matched.empty()) {
+    if (plan.reference.empty() || !resolved.count(plan.reference)) {
+      throw ConfigError("study.reference: runs with `match` need the name of a vision_moe run to "
+                        "match ('" + plan.reference + "' is not one)");
+    }
+    auto reference = std::dynamic_pointer_cast<models::VisionMoEImpl>(
+        config::build_model(resolved[plan.reference]));
+    if (!reference) throw ConfigError("study.reference: '" + plan.reference + "' is not a vision_moe run");
+    const models::ModelCost cost = reference->cost();
+    models::ConvNetOptions expert = reference->options.expert();
+    expert.width_multiplier(1.0);
+    for (size_t i = 0; i < tree["runs"].size(); ++i) {
+      const YAML::Node run = tree["runs"][i];
+      if (!run["match"]) continue;
+      const std::string name = run["name"].as<std::string>();
+      YAML::Node config;
+      for (auto& [n, c] : matched) {
+        if (n == name) config = c;
+      }
+      const bool flops = run["match"].as<std::string>() == "flops";
+      const double multiplier = models::match_width_multiplier(
+          expert, flops ? models::MatchTarget::kFlops : models::MatchTarget::kParameters,
+          flops ? cost.flops_per_sample : cost.parameters_total);
+      YAML::Node model(YAML::NodeType::Map);
+      model["name"] = "cnn";
+      model["in_channels"] = expert.in_channels();
+      model["image_size"] = expert.image_size();
+      model["num_classes"] = expert.num_classes();
+      model["width"] = expert.width();
+      model["depth"] = expert.depth();
+      model["hidden"] = expert.hidden();
+      model["width_multiplier"] = multiplier;
+      config["model"] = model;
+      resolved[name] = config::resolve_run_config(config);
+    }
+  }
+  for (const auto& name : order) plan.runs.emplace_back(name, YAML::Dump(resolved[name]));
+  return plan;
+}
+
+nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
+                         train::ConsoleMode console, std::ostream& out) {
+  std::error_code ec;
+  fs::create_directories(study_dir, ec);
+  if (ec) throw ConfigError(study_dir + ": cannot create study directory: " + ec.message());
+  nlohmann::json study{{"name", plan.name}, {"reference", plan.reference}, {"runs", nlohmann::json::array()}};
+  for (const auto& [name, config_text] : plan.runs) {
+    const std::string run_dir = (fs::path(study_dir) / name).string();
+    const YAML::Node config = YAML::Load(config_text);
+    std::vector<nlohmann::json> lines = read_metrics(run_dir);
+    if (!last_of_kind(lines, "test")) {
+      out << fmt::format("== {} ==", name) << std::endl;
+      std::unique_ptr<train::Trainer> trainer;
+      if (!train::latest_checkpoint(run_dir).empty()) {
+        trainer = train::Trainer::resume(run_dir);
+      } else {
+        fs::remove_all(run_dir);  // a run that never reached a checkpoint starts over
+        trainer = std::make_unique<train::Trainer>(config, run_dir);
+      }
+      trainer->set_console(console, out);
+      const train::TrainSummary summary = trainer->run();
+      if (summary.stop_reason == train::StopReason::kSignal ||
+          summary.stop_reason == train::StopReason::kTimeLimit) {
+        throw TrainingError("study: run '" + name + "' stopped (" + train::to_string(summary.stop_reason) +
+                            ") at step " + std::to_string(summary.steps) +
+                            "; run the same study command again to continue");
+      }
+      lines = read_metrics(run_dir);
+    }
+    const nlohmann::json* test = last_of_kind(lines, "test");
+    if (!test) throw TrainingError("study: run '" + name + "' finished without a test evaluation");
+    const models::ModelCost cost = config::build_model(config)->cost();
+    const std::string checkpoint = train::latest_checkpoint(run_dir);
+    const double seconds =
+        checkpoint.empty() ? 0.0
+                           : train::verify_checkpoint(checkpoint)["metadata"].value("train_seconds", 0.0);
+    study["runs"].push_back({{"name", name},
+                             {"model", config["model"]["name"].as<std::string>()},
+                             {"parameters_total", cost.parameters_total},
+                             {"parameters_active", cost.parameters_active},
+                             {"flops_per_sample", cost.flops_per_sample},
+                             {"test_accuracy", (*test)["accuracy"]},
+                             {"test_loss", (*test)["loss"]},
+                             {"test_split", (*test)["split"]},
+                             {"train_seconds", seconds},
+                             {"steps", (*test)["step"]}});
+  }
+  std::ofstream(fs::path(study_dir) / "study.json") << study.dump(2) << "\n";
+  return study;
+}
+
+namespace {
+
+std::string html_escape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '<') out += "&lt;";
+    else if (c == '>') out += "&gt;";
+    else if (c == '&') out += "&amp;";
+    else if (c == '"') out += "&quot;";
+    else out += c;
+  }
+  return out;
+}
+
+std::string grouped(double value) {
+  const auto n = static_cast<int64_t>(std::llround(value));
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+double value_or_nan(const nlohmann::json& v) {
+  return v.is_number() ? v.get<double>() : std::nan("");
+}
+
+}  // namespace
+
+std::string write_report(const std::string& study_dir) {
+  const fs::path study_file = fs::path(study_dir) / "study.json";
+  if (!fs::exists(study_file)) {
+    throw DataError(study_file.string() + ": no such file (is " + study_dir + " a finished study?)");
+  }
+  nlohmann::json study;
+  std::ifstream(study_file) >> study;
+  const fs::path report = fs::path(study_dir) / "report";
+  fs::create_directories(report);
+  auto png = [&](const std::string& name) { return (report / name).string(); };
+
+  std::vector<Series> train_loss, val_loss;
+  std::vector<double> accuracy, flops, params;
+  std::vector<std::string> names;
+  std::string sections;
+  std::vector<std::string> class_names;
+  std::vector<Series> usage_bars;
+  size_t max_experts = 0;
+
+  for (const auto& run : study["runs"]) {
+    const std::string name = run["name"];
+    const auto lines = read_metrics((fs::path(study_dir) / name).string());
+    const int color = static_cast<int>(names.size() % 8) + 1;
+    Series train{name + " train", {}, {}, false, color}, val{name + " val", {}, {}, true, color};
+    std::vector<Series> expert_curves;
+    for (const auto& line : lines) {
+      if (line["kind"] == "train") {
+        train.x.push_back(line["step"]);
+        train.y.push_back(line["loss"]);
+        const auto& layers = line["moe_layers"];
+        if (!layers.empty() && layers[0].contains("expert_loss")) {
+          const auto& losses = layers[0]["expert_loss"];
+          expert_curves.resize(losses.size());
+          for (size_t e = 0; e < losses.size(); ++e) {
+            expert_curves[e].title = "expert " + std::to_string(e);
+            expert_curves[e].x.push_back(line["step"]);
+            expert_curves[e].y.push_back(value_or_nan(losses[e]));
+          }
+        }
+      } else if (line["kind"] == "eval") {
+        val.x.push_back(line["step"]);
+        val.y.push_back(line["val_loss"]);
+      }
+    }
+    train_loss.push_back(train);
+    if (!val.x.empty()) val_loss.push_back(val);
+    names.push_back(name);
+    accuracy.push_back(run["test_accuracy"]);
+    flops.push_back(run["flops_per_sample"]);
+    params.push_back(run["parameters_total"]);
+
+    const nlohmann::json* test = last_of_kind(lines, "test");
+    if (!test || (*test)["moe_layers"].empty()) continue;
+    class_names = (*test)["class_names"].get<std::vector<std::string>>();
+    const auto& layer = (*test)["moe_layers"][0];
+    const auto rows = layer["class_expert"].get<std::vector<std::vector<double>>>();
+    const size_t experts = rows.empty() ? 0 : rows[0].size();
+    max_experts = std::max(max_experts, experts);
+    std::vector<double> per_expert(experts, 0.0);
+    double total = 0;
+    for (const auto& row : rows) {
+      for (size_t e = 0; e < experts; ++e) {
+        per_expert[e] += row[e];
+        total += row[e];
+      }
+    }
+    Series usage{name, {}, {}, false, 0};
+    for (double v : per_expert) usage.y.push_back(total > 0 ? v / total : 0.0);
+    usage_bars.push_back(usage);
+
+    // Class x expert as the share of each class's images that each expert computed.
+    std::vector<std::vector<double>> shares;
+    for (const auto& row : rows) {
+      double sum = 0;
+      for (double v : row) sum += v;
+      std::vector<double> share;
+      for (double v : row) share.push_back(sum > 0 ? v / sum : 0.0);
+      shares.push_back(share);
+    }
+    std::vector<std::string> expert_labels;
+    for (size_t e = 0; e < experts; ++e) expert_labels.push_back("E" + std::to_string(e));
+    heatmap(png("heatmap_" + name + ".png"),
+            {name + ": share of each class's test images per expert", "expert", "class"},
+            class_names, expert_labels, shares);
+    if (!expert_curves.empty()) {
+      line_plot(png("expert_loss_" + name + ".png"),
+                {name + ": training loss of the images each expert computed", "step", "loss"},
+                expert_curves, /*log_y=*/true);
+    }
+    at::Tensor counts = at::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(experts)}, at::kDouble);
+    for (size_t c = 0; c < rows.size(); ++c)
+      for (size_t e = 0; e < experts; ++e) counts[c][e] = rows[c][e];
+    const double mi = mutual_information(counts);
+    double class_entropy = 0;
+    for (const auto& row : rows) {
+      double sum = 0;
+      for (double v : row) sum += v;
+      if (sum > 0 && total > 0) class_entropy -= sum / total * std::log(sum / total);
+    }
+    sections += fmt::format(
+        "<h3>{}</h3>\n<p>Mutual information between class and expert: <b>{:.3f} nats</b> "
+        "({:.0f}% of the class entropy, {:.3f} nats; 0 = routing ignores the class, 100% = the "
+        "expert determines it).</p>\n<table><tr><th>expert</th><th>share of test images</th>"
+        "<th>test loss of its images</th><th>top classes (share of the expert's images)</th></tr>\n",
+        html_escape(name), mi, class_entropy > 0 ? 100.0 * mi / class_entropy : 0.0, class_entropy);
+    const auto losses = layer["expert_loss"];
+    for (size_t e = 0; e < experts; ++e) {
+      std::string top;
+      for (const auto& [c, share] : top_classes(counts, static_cast<int64_t>(e), 3)) {
+        top += fmt::format("{}{} ({:.0f}%)", top.empty() ? "" : ", ", html_escape(class_names.at(c)),
+                           100.0 * share);
+      }
+      const double loss = e < losses.size() ? value_or_nan(losses[e]) : std::nan("");
+      sections += fmt::format("<tr><td>E{}</td><td>{:.1f}%</td><td>{}</td><td>{}</td></tr>\n", e,
+                              total > 0 ? 100.0 * per_expert[e] / total : 0.0,
+                              std::isfinite(loss) ? fmt::format("{:.4f}", loss) : "-",
+                              top.empty() ? "-" : top);
+    }
+    sections += fmt::format(
+        "</table>\n<img src=\"heatmap_{0}.png\" alt=\"class x expert heatmap of {0}\">\n", name);
+    if (!expert_curves.empty()) {
+      sections += fmt::format("<img src=\"expert_loss_{0}.png\" alt=\"per-expert loss of {0}\">\n", name);
+    }
+  }
+
+  std::vector<Series> losses = train_loss;
+  losses.insert(losses.end(), val_loss.begin(), val_loss.end());
+  line_plot(png("loss.png"), {"Training (solid) and validation (dashed) loss", "step", "loss"},
+            losses, /*log_y=*/true);
+  std::vector<double> accuracy_percent;
+  for (double a : accuracy) accuracy_percent.push_back(100.0 * a);
+  scatter_plot(png("accuracy_vs_flops.png"),
+               {"Test accuracy vs active FLOPs per image", "forward FLOPs per image", "test accuracy (%)"},
+               flops, accuracy_percent, names, /*log_x=*/true);
+  scatter_plot(png("accuracy_vs_params.png"),
+               {"Test accuracy vs parameters", "parameters (total)", "test accuracy (%)"}, params,
+               accuracy_percent, names, /*log_x=*/true);
+  const bool has_moe = !usage_bars.empty();
+  if (has_moe) {
+    std::vector<std::string> experts;
+    for (size_t e = 0; e < max_experts; ++e) experts.push_back("E" + std::to_string(e));
+    bar_plot(png("expert_usage.png"),
+             {"Expert activation on the test set", "expert", "share of routed test images"},
+             experts, usage_bars);
+  }
+
+  std::string table =
+      "<table><tr><th>run</th><th>model</th><th>test accuracy</th><th>parameters (total)</th>"
+      "<th>parameters (active)</th><th>FLOPs / image</th><th>train time</th><th>steps</th></tr>\n";
+  for (const auto& run : study["runs"]) {
+    table += fmt::format(
+        "<tr><td>{}</td><td>{}</td><td><b>{:.2f}%</b></td><td>{}</td><td>{}</td><td>{}</td>"
+        "<td>{}</td><td>{}</td></tr>\n",
+        html_escape(run["name"].get<std::string>()), html_escape(run["model"].get<std::string>()),
+        100.0 * run["test_accuracy"].get<double>(), grouped(run["parameters_total"].get<double>()),
+        grouped(run["parameters_active"].get<double>()), grouped(run["flops_per_sample"].get<double>()),
+        train::format_clock(run["train_seconds"].get<double>()), run["steps"].get<int64_t>());
+  }
+  table += "</table>\n";
+
+  std::string html = fmt::format(R"(<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>moelab study: {0}</title>
+<style>
+body {{ font-family: 'DejaVu Sans', Arial, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th {{ background: #f0f4f8; }}
+td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; border: 1px solid #eee; }}
+</style></head><body>
+<h1>moelab study: {0}</h1>
+<p>Runs at one training budget; test accuracy on the {1} split. FLOPs are forward
+multiply-adds x 2 per image (router + the k chosen experts for MoE runs). Parameters: total,
+and active per image.</p>
+<h2>Results</h2>
+{2}
+<h2>Loss</h2>
+<img src="loss.png" alt="training and validation loss">
+<h2>Accuracy vs cost</h2>
+<img src="accuracy_vs_flops.png" alt="accuracy vs FLOPs">
+<img src="accuracy_vs_params.png" alt="accuracy vs parameters">
+{3}
+<h2>Specialisation</h2>
+{4}
+</body></html>
+)",
+      html_escape(study["name"].get<std::string>()),
+      study["runs"].empty() ? "test" : html_escape(study["runs"][0]["test_split"].get<std::string>()),
+      table,
+      has_moe ? "<h2>Expert usage</h2>\n<img src=\"expert_usage.png\" alt=\"expert activation histogram\">"
+              : "",
+      sections.empty() ? "<p>No MoE runs.</p>" : sections);
+  const std::string index = (report / "index.html").string();
+  std::ofstream(index) << html;
+  return index;
+}
+
+}  // namespace moelab::analysis
