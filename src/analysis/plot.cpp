@@ -60,7 +60,7 @@ void render(const std::string& png, const std::string& script, const std::string
 void line_plot(const std::string& png, const PlotLabels& labels, const std::vector<Series>& series,
                bool log_y) {
   std::string data, script = header(png, labels);
-  if (log_y) script += "set logscale y\n";
+  if (log_y) script += "set logscale y\nset format y '%g'\n";
   const std::string dat = quoted(base_of(png) + ".dat");
   std::vector<std::string> plots;
   for (size_t i = 0; i < series.size(); ++i) {

@@ -117,6 +117,16 @@ std::string nearest(const std::string& key, const std::vector<std::string>& cand
   return best;
 }
 
+void throw_unknown_name(const std::string& key, const std::string& kind, const std::string& name,
+                        const std::vector<std::string>& names) {
+  std::string message = key + ": unknown " + kind + " '" + name + "'";
+  const std::string suggestion = nearest(name, names);
+  if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+  message += " (registered:";
+  for (const auto& n : names) message += " " + n;
+  throw ConfigError(message + ")");
+}
+
 nlohmann::json to_json(const YAML::Node& node) {
   switch (node.Type()) {
     case YAML::NodeType::Map: {

@@ -86,17 +86,7 @@ const std::vector<DataEntry>& data_registry() {
 }
 
 const DataEntry& find_data(const std::string& name) {
-  std::vector<std::string> names;
-  for (const auto& entry : data_registry()) {
-    if (entry.name == name) return entry;
-    names.push_back(entry.name);
-  }
-  std::string message = "data.name: unknown data set '" + name + "'";
-  const std::string suggestion = config::nearest(name, names);
-  if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
-  message += " (registered:";
-  for (const auto& n : names) message += " " + n;
-  throw ConfigError(message + ")");
+  return config::find_by_name(data_registry(), name, "data.name", "data set");
 }
 
 }  // namespace moelab::data

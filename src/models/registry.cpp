@@ -56,17 +56,7 @@ const std::vector<ModelEntry>& model_registry() {
 }
 
 const ModelEntry& find_model(const std::string& name) {
-  std::vector<std::string> names;
-  for (const auto& entry : model_registry()) {
-    if (entry.name == name) return entry;
-    names.push_back(entry.name);
-  }
-  std::string message = "model.name: unknown model '" + name + "'";
-  const std::string suggestion = config::nearest(name, names);
-  if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
-  message += " (registered:";
-  for (const auto& n : names) message += " " + n;
-  throw ConfigError(message + ")");
+  return config::find_by_name(model_registry(), name, "model.name", "model");
 }
 
 }  // namespace moelab::models

@@ -30,6 +30,23 @@ YAML::Node resolve(const YAML::Node& defaults, const std::vector<std::string>& f
 /// The candidate closest to `key` by edit distance, or "" if none is reasonably close.
 std::string nearest(const std::string& key, const std::vector<std::string>& candidates);
 
+/// Throws the ConfigError find_by_name describes.
+[[noreturn]] void throw_unknown_name(const std::string& key, const std::string& kind,
+                                     const std::string& name, const std::vector<std::string>& names);
+
+/// The entry of a by-name registry whose `name` is `name`; otherwise a ConfigError
+/// "KEY: unknown KIND 'NAME'; did you mean 'X'? (registered: a b c)".
+template <typename Entry>
+const Entry& find_by_name(const std::vector<Entry>& entries, const std::string& name,
+                          const std::string& key, const std::string& kind) {
+  std::vector<std::string> names;
+  for (const auto& entry : entries) {
+    if (entry.name == name) return entry;
+    names.push_back(entry.name);
+  }
+  throw_unknown_name(key, kind, name, names);
+}
+
 /// Deep copy (yaml-cpp nodes otherwise share structure).
 YAML::Node clone(const YAML::Node& node);
 
