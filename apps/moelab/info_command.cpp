@@ -6,19 +6,10 @@
 
 #include "commands.h"
 #include "moelab/config/run_config.h"
+#include "moelab/train/progress.h"
 
 namespace moelab::app {
 
-namespace {
-std::string grouped(int64_t n) {
-  std::string digits = std::to_string(n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return out;
-}
-}  // namespace
 
 void add_config_arguments(CLI::App& command, ConfigArguments& args) {
   // allow_extra_args(false): one file per -c, so overrides are not taken for files.
@@ -62,9 +53,9 @@ void register_info_command(CLI::App& app, Action& action) {
         return;
       }
       std::cout << fmt::format("model                        {}\n", name)
-                << fmt::format("parameters, total            {:>14}\n", grouped(cost.parameters_total))
-                << fmt::format("parameters, active/sample    {:>14}\n", grouped(cost.parameters_active))
-                << fmt::format("FLOPs/sample, forward        {:>14}\n", grouped(cost.flops_per_sample));
+                << fmt::format("parameters, total            {:>14}\n", train::format_thousands(cost.parameters_total))
+                << fmt::format("parameters, active/sample    {:>14}\n", train::format_thousands(cost.parameters_active))
+                << fmt::format("FLOPs/sample, forward        {:>14}\n", train::format_thousands(cost.flops_per_sample));
     };
   });
 }

@@ -6,14 +6,10 @@
 
 namespace moelab::analysis {
 
-namespace {
-
-std::vector<double> to_vector(const at::Tensor& t) {
-  at::Tensor d = t.to(at::kDouble).contiguous();
+std::vector<double> to_doubles(const at::Tensor& t) {
+  const at::Tensor d = t.to(at::kDouble).contiguous();
   return {d.data_ptr<double>(), d.data_ptr<double>() + d.numel()};
 }
-
-}  // namespace
 
 void ExpertTally::add(const nn::RoutingStats& stats, const at::Tensor& sample_loss) {
   if (!stats.indices.defined() || stats.indices.size(0) != sample_loss.size(0)) return;
@@ -32,7 +28,7 @@ void ExpertTally::add(const nn::RoutingStats& stats, const at::Tensor& sample_lo
 
 std::vector<double> ExpertTally::mean_loss() const {
   if (empty()) return {};
-  std::vector<double> sums = to_vector(loss_sum_), counts = to_vector(count_), out;
+  std::vector<double> sums = to_doubles(loss_sum_), counts = to_doubles(count_), out;
   for (size_t e = 0; e < sums.size(); ++e) {
     out.push_back(counts[e] > 0 ? sums[e] / counts[e] : std::numeric_limits<double>::quiet_NaN());
   }
@@ -42,14 +38,14 @@ std::vector<double> ExpertTally::mean_loss() const {
 std::vector<double> ExpertTally::usage() const {
   if (empty()) return {};
   const double total = count_.sum().item<double>();
-  return to_vector(total > 0 ? count_ / total : count_);
+  return to_doubles(total > 0 ? count_ / total : count_);
 }
 
-std::vector<double> ExpertTally::counts() const { return empty() ? std::vector<double>{} : to_vector(count_); }
+std::vector<double> ExpertTally::counts() const { return empty() ? std::vector<double>{} : to_doubles(count_); }
 
 nlohmann::json ExpertTally::state() const {
   if (empty()) return nullptr;
-  return {{"loss_sum", to_vector(loss_sum_)}, {"count", to_vector(count_)}};
+  return {{"loss_sum", to_doubles(loss_sum_)}, {"count", to_doubles(count_)}};
 }
 
 void ExpertTally::load_state(const nlohmann::json& state) {
@@ -86,7 +82,7 @@ double mutual_information(const at::Tensor& counts) {
 
 std::vector<std::pair<int64_t, double>> top_classes(const at::Tensor& counts, int64_t expert,
                                                     int64_t n) {
-  std::vector<double> column = to_vector(counts.select(1, expert));
+  std::vector<double> column = to_doubles(counts.select(1, expert));
   double total = 0;
   for (double c : column) total += c;
   std::vector<int64_t> order(column.size());

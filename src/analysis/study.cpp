@@ -11,8 +11,10 @@
 #include "moelab/analysis/plot.h"
 #include "moelab/analysis/routing.h"
 #include "moelab/config/config.h"
+#include "moelab/config/options_io.h"
 #include "moelab/config/run_config.h"
 #include "moelab/models/vision.h"
+#include "moelab/nn/aux_losses.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/errors.h"
@@ -66,8 +68,13 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
   if (!tree["runs"] || !tree["runs"].IsSequence() || tree["runs"].size() == 0) {
     throw ConfigError("runs: expected a list of runs");
   }
+  struct MatchedRun {
+    std::string name;
+    YAML::Node config;  // base with the run's train/data; the model comes from the reference
+    models::MatchTarget target;
+  };
   std::map<std::string, YAML::Node> resolved;
-  std::vector<std::pair<std::string, YAML::Node>> matched;  // resolved after the reference
+  std::vector<MatchedRun> matched;  // resolved once the reference is
   std::vector<std::string> order;
   for (size_t i = 0; i < tree["runs"].size(); ++i) {
     const YAML::Node run = tree["runs"][i];
@@ -75,7 +82,7 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
     reject_unknown(run, {"name", "model", "train", "data", "match"}, where);
     if (!run["name"]) throw ConfigError(where + ".name: every run needs a name");
     const std::string name = run["name"].as<std::string>();
-    if (name.empty() || name.find('/') != std::string::npos || resolved.count(name) ||
+    if (name.empty() || name.find('/') != std::string::npos ||
         std::find(order.begin(), order.end(), name) != order.end()) {
       throw ConfigError(where + ".name: '" + name + "' must be unique, non-empty, without '/'");
     }
@@ -93,7 +100,8 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
       if (what != "flops" && what != "parameters") {
         throw ConfigError(where + ".match: expected flops or parameters, got '" + what + "'");
       }
-      matched.emplace_back(name, config);
+      matched.push_back({name, config,
+                         what == "flops" ? models::MatchTarget::kFlops : models::MatchTarget::kParameters});
       continue;
     }
     if (run["model"]) {
@@ -118,29 +126,15 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
     const models::ModelCost cost = reference->cost();
     models::ConvNetOptions expert = reference->options.expert();
     expert.width_multiplier(1.0);
-    for (size_t i = 0; i < tree["runs"].size(); ++i) {
-      const YAML::Node run = tree["runs"][i];
-      if (!run["match"]) continue;
-      const std::string name = run["name"].as<std::string>();
-      YAML::Node config;
-      for (auto& [n, c] : matched) {
-        if (n == name) config = c;
-      }
-      const bool flops = run["match"].as<std::string>() == "flops";
-      const double multiplier = models::match_width_multiplier(
-          expert, flops ? models::MatchTarget::kFlops : models::MatchTarget::kParameters,
-          flops ? cost.flops_per_sample : cost.parameters_total);
-      YAML::Node model(YAML::NodeType::Map);
+    for (MatchedRun& run : matched) {
+      models::ConvNetOptions dense = expert;
+      dense.width_multiplier(models::match_width_multiplier(
+          expert, run.target,
+          run.target == models::MatchTarget::kFlops ? cost.flops_per_sample : cost.parameters_total));
+      YAML::Node model = config::to_yaml(dense);
       model["name"] = "cnn";
-      model["in_channels"] = expert.in_channels();
-      model["image_size"] = expert.image_size();
-      model["num_classes"] = expert.num_classes();
-      model["width"] = expert.width();
-      model["depth"] = expert.depth();
-      model["hidden"] = expert.hidden();
-      model["width_multiplier"] = multiplier;
-      config["model"] = model;
-      resolved[name] = config::resolve_run_config(config);
+      run.config["model"] = model;
+      resolved[run.name] = config::resolve_run_config(run.config);
     }
   }
   for (const auto& name : order) plan.runs.emplace_back(name, YAML::Dump(resolved[name]));
@@ -182,7 +176,7 @@ nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
     const std::string checkpoint = train::latest_checkpoint(run_dir);
     const double seconds =
         checkpoint.empty() ? 0.0
-                           : train::verify_checkpoint(checkpoint)["metadata"].value("train_seconds", 0.0);
+                           : train::read_manifest(checkpoint)["metadata"].value("train_seconds", 0.0);
     study["runs"].push_back({{"name", name},
                              {"model", config["model"]["name"].as<std::string>()},
                              {"parameters_total", cost.parameters_total},
@@ -212,15 +206,6 @@ std::string html_escape(const std::string& text) {
   return out;
 }
 
-std::string grouped(double value) {
-  const auto n = static_cast<int64_t>(std::llround(value));
-  std::string digits = std::to_string(n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return out;
-}
 
 double value_or_nan(const nlohmann::json& v) {
   return v.is_number() ? v.get<double>() : std::nan("");
@@ -286,27 +271,21 @@ std::string write_report(const std::string& study_dir) {
     const auto rows = layer["class_expert"].get<std::vector<std::vector<double>>>();
     const size_t experts = rows.empty() ? 0 : rows[0].size();
     max_experts = std::max(max_experts, experts);
-    std::vector<double> per_expert(experts, 0.0);
-    double total = 0;
-    for (const auto& row : rows) {
-      for (size_t e = 0; e < experts; ++e) {
-        per_expert[e] += row[e];
-        total += row[e];
-      }
-    }
+    std::vector<double> flat;
+    for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+    const at::Tensor counts =
+        at::tensor(flat, at::kDouble).view({static_cast<int64_t>(rows.size()), static_cast<int64_t>(experts)});
+    const at::Tensor per_class = counts.sum(1, /*keepdim=*/true);
+    const std::vector<double> per_expert = to_doubles(counts.sum(0));
+    const double total = counts.sum().item<double>();
     Series usage{name, {}, {}, false, 0};
     for (double v : per_expert) usage.y.push_back(total > 0 ? v / total : 0.0);
     usage_bars.push_back(usage);
 
     // Class x expert as the share of each class's images that each expert computed.
+    const at::Tensor share_tensor = counts / per_class.clamp_min(1.0);
     std::vector<std::vector<double>> shares;
-    for (const auto& row : rows) {
-      double sum = 0;
-      for (double v : row) sum += v;
-      std::vector<double> share;
-      for (double v : row) share.push_back(sum > 0 ? v / sum : 0.0);
-      shares.push_back(share);
-    }
+    for (int64_t c = 0; c < share_tensor.size(0); ++c) shares.push_back(to_doubles(share_tensor[c]));
     std::vector<std::string> expert_labels;
     for (size_t e = 0; e < experts; ++e) expert_labels.push_back("E" + std::to_string(e));
     heatmap(png("heatmap_" + name + ".png"),
@@ -317,16 +296,8 @@ std::string write_report(const std::string& study_dir) {
                 {name + ": training loss of the images each expert computed", "step", "loss"},
                 expert_curves, /*log_y=*/true);
     }
-    at::Tensor counts = at::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(experts)}, at::kDouble);
-    for (size_t c = 0; c < rows.size(); ++c)
-      for (size_t e = 0; e < experts; ++e) counts[c][e] = rows[c][e];
     const double mi = mutual_information(counts);
-    double class_entropy = 0;
-    for (const auto& row : rows) {
-      double sum = 0;
-      for (double v : row) sum += v;
-      if (sum > 0 && total > 0) class_entropy -= sum / total * std::log(sum / total);
-    }
+    const double class_entropy = nn::distribution_entropy(per_class.view({-1})).item<double>();
     sections += fmt::format(
         "<h3>{}</h3>\n<p>Mutual information between class and expert: <b>{:.3f} nats</b> "
         "({:.0f}% of the class entropy, {:.3f} nats; 0 = routing ignores the class, 100% = the "
@@ -382,8 +353,8 @@ std::string write_report(const std::string& study_dir) {
         "<tr><td>{}</td><td>{}</td><td><b>{:.2f}%</b></td><td>{}</td><td>{}</td><td>{}</td>"
         "<td>{}</td><td>{}</td></tr>\n",
         html_escape(run["name"].get<std::string>()), html_escape(run["model"].get<std::string>()),
-        100.0 * run["test_accuracy"].get<double>(), grouped(run["parameters_total"].get<double>()),
-        grouped(run["parameters_active"].get<double>()), grouped(run["flops_per_sample"].get<double>()),
+        100.0 * run["test_accuracy"].get<double>(), train::format_thousands(run["parameters_total"].get<int64_t>()),
+        train::format_thousands(run["parameters_active"].get<int64_t>()), train::format_thousands(run["flops_per_sample"].get<int64_t>()),
         train::format_clock(run["train_seconds"].get<double>()), run["steps"].get<int64_t>());
   }
   table += "</table>\n";

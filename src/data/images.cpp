@@ -47,9 +47,9 @@ uint32_t big_endian_u32(const unsigned char* b) {
 }
 
 std::vector<std::string> class_names(const std::string& name, const ImageDataOptions& options) {
-  std::vector<std::string> names;
   if (name == "fashion_mnist") return kFashionClasses;
   if (name == "cifar10") return kCifar10Classes;
+  std::vector<std::string> names;
   const int count = name == "mnist" ? 10 : options.labels() == "coarse" ? 20 : 100;
   for (int c = 0; c < count; ++c) names.push_back(std::to_string(c));
   return names;

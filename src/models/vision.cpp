@@ -220,15 +220,7 @@ double match_width_multiplier(const ConvNetOptions& base, MatchTarget what, int6
     const double mid = 0.5 * (lo + hi);
     (measure(mid) < target ? lo : hi) = mid;
   }
-  double best = hi;
-  for (double m : {lo, hi}) {
-    const double rounded = std::round(m * 1000.0) / 1000.0;
-    for (double candidate : {rounded, rounded + 1e-3, rounded - 1e-3}) {
-      if (candidate <= 0) continue;
-      if (std::llabs(measure(candidate) - target) < std::llabs(measure(best) - target)) best = candidate;
-    }
-  }
-  return best;
+  return std::llabs(measure(lo) - target) < std::llabs(measure(hi) - target) ? lo : hi;
 }
 
 // ---- ResNet-18 -------------------------------------------------------------------------------

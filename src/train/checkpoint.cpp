@@ -85,7 +85,7 @@ void write_checkpoint(const std::string& directory, const FileWriters& files,
   }
 }
 
-nlohmann::json verify_checkpoint(const std::string& directory) {
+nlohmann::json read_manifest(const std::string& directory) {
   const fs::path dir(directory);
   if (!fs::is_directory(dir)) throw CheckpointError(directory + ": not a checkpoint directory");
   const fs::path manifest_path = dir / kManifestName;
@@ -112,6 +112,12 @@ nlohmann::json verify_checkpoint(const std::string& directory) {
   if (!manifest.contains("files") || !manifest["files"].is_object()) {
     throw CheckpointError(manifest_path.string() + ": no file list");
   }
+  return manifest;
+}
+
+nlohmann::json verify_checkpoint(const std::string& directory) {
+  const fs::path dir(directory);
+  nlohmann::json manifest = read_manifest(directory);
   for (const auto& [name, entry] : manifest["files"].items()) {
     const fs::path path = dir / name;
     if (!fs::exists(path)) throw CheckpointError(path.string() + ": listed in the manifest but missing");

@@ -85,7 +85,8 @@ LoadedCheckpoint load_checkpoint_model(const std::string& path, bool prefer_late
                                        const std::vector<std::string>& overrides = {}) {
   LoadedCheckpoint loaded;
   loaded.directory = resolve_checkpoint(path, prefer_latest);
-  loaded.step = verify_checkpoint(loaded.directory)["metadata"].value("step", int64_t{0});
+  // resolve_checkpoint has verified it; the manifest alone gives the step.
+  loaded.step = read_manifest(loaded.directory)["metadata"].value("step", int64_t{0});
   YAML::Node config = config::load_file(loaded.directory + "/config.yaml");
   const YAML::Node overlay = config::resolve(YAML::Node(YAML::NodeType::Map), files, overrides);
   // Another data set brings its own options: the saved ones belong to the old one.

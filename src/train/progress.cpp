@@ -12,6 +12,16 @@ ConsoleMode console_mode_for_stdout() {
   return ::isatty(STDOUT_FILENO) ? ConsoleMode::kProgressBar : ConsoleMode::kLines;
 }
 
+std::string format_thousands(int64_t n) {
+  const std::string digits = std::to_string(n < 0 ? -n : n);
+  std::string out = n < 0 ? "-" : "";
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
 std::string format_clock(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const auto total = static_cast<int64_t>(std::llround(seconds));

@@ -84,9 +84,7 @@ nlohmann::json routing_json(const std::vector<nn::MoEOutput>& layers,
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& layer = layers[l];
     const auto& s = layer.stats;
-    at::Tensor usage = s.usage.to(at::kDouble).contiguous();
-    out.push_back({{"usage", std::vector<double>(usage.data_ptr<double>(),
-                                                 usage.data_ptr<double>() + usage.numel())},
+    out.push_back({{"usage", analysis::to_doubles(s.usage)},
                    {"token_entropy", s.token_entropy.item<double>()},
                    {"usage_entropy", s.usage_entropy.item<double>()},
                    {"dropped_fraction", s.dropped_fraction},
@@ -178,7 +176,7 @@ std::string latest_checkpoint(const std::string& run_dir) {
 std::string best_checkpoint(const std::string& run_dir) {
   const std::string latest = latest_checkpoint(run_dir);
   if (latest.empty()) return "";
-  const auto state = verify_checkpoint(latest)["metadata"].value("early_stopping", nlohmann::json{});
+  const auto state = read_manifest(latest)["metadata"].value("early_stopping", nlohmann::json{});
   const int64_t best_step = state.value("best_step", int64_t{-1});
   if (best_step < 0) return "";
   const std::string best = (fs::path(run_dir) / kCheckpointDir / checkpoint_name(best_step)).string();
@@ -326,25 +324,22 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     for (int64_t micro = 0; micro < options_.grad_accumulation(); ++micro) {
       data::LabelledSet batch = data_.train.rows(next_batch());
       if (data_.augment) batch.inputs = data_.augment(batch.inputs);
-      at::Tensor task, loss;
+      at::Tensor sample_loss, task, loss;
       models::ModelOutput out;
       {
         AutocastScope autocast(precision_);
         out = model_->forward(batch.inputs);
-        task = at::cross_entropy_loss(out.logits.to(at::kFloat), batch.labels);
+        sample_loss = at::cross_entropy_loss(out.logits.to(at::kFloat), batch.labels, {},
+                                             at::Reduction::None);
+        task = sample_loss.mean();
         loss = task + out.aux_loss.to(at::kFloat);
       }
       (loss / static_cast<double>(options_.grad_accumulation())).backward();
-      {
-        const at::Tensor sample_loss =
-            at::cross_entropy_loss(out.logits.detach().to(at::kFloat), batch.labels, {},
-                                   at::Reduction::None);
-        interval_tally_.resize(out.moe_layers.size());
-        epoch_tally_.resize(out.moe_layers.size());
-        for (size_t l = 0; l < out.moe_layers.size(); ++l) {
-          interval_tally_[l].add(out.moe_layers[l].stats, sample_loss);
-          epoch_tally_[l].add(out.moe_layers[l].stats, sample_loss);
-        }
+      interval_tally_.resize(out.moe_layers.size());
+      epoch_tally_.resize(out.moe_layers.size());
+      for (size_t l = 0; l < out.moe_layers.size(); ++l) {
+        interval_tally_[l].add(out.moe_layers[l].stats, sample_loss);
+        epoch_tally_[l].add(out.moe_layers[l].stats, sample_loss);
       }
       const double loss_value = loss.item<double>();
       interval_loss += loss_value;
@@ -391,6 +386,8 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     }
     ++step_;
     ++interval_steps;
+    // Before any checkpoint of this step, so a resumed run does not write the line again.
+    if (epoch_exhausted()) write_epoch_line();
 
     if (step_ % options_.log_every() == 0 || step_ == last) {
       const double seconds = std::chrono::duration<double>(Clock::now() - interval_start).count();
@@ -468,7 +465,6 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     if (stop != StopReason::kCompleted) break;
   }
   if (console_mode_ == ConsoleMode::kProgressBar) *console_ << "\n";
-  if (epoch_exhausted()) write_epoch_line();
   const bool finished = step_ == total_steps_ || stop == StopReason::kEarlyStopping;
   if (step_ > first_step && finished) {
     const data::LabelledSet& set = data_.test.size() > 0 ? data_.test : data_.val;
@@ -555,8 +551,9 @@ void Trainer::save_checkpoint() {
   }
 }
 
+// `directory` has just been verified (latest_checkpoint).
 void Trainer::load_checkpoint(const std::string& directory) {
-  const nlohmann::json manifest = verify_checkpoint(directory);
+  const nlohmann::json manifest = read_manifest(directory);
   const auto& meta = manifest["metadata"];
   step_ = meta.at("step").get<int64_t>();
   epoch_ = meta.at("epoch").get<int64_t>();

@@ -48,6 +48,9 @@ double mutual_information(const at::Tensor& counts);
 std::vector<std::pair<int64_t, double>> top_classes(const at::Tensor& counts, int64_t expert,
                                                     int64_t n);
 
+/// A tensor's values, flattened, as doubles.
+std::vector<double> to_doubles(const at::Tensor& t);
+
 /// A vector of doubles as JSON with NaN written as null.
 nlohmann::json to_json_numbers(const std::vector<double>& values);
 

@@ -34,6 +34,10 @@ void write_checkpoint(const std::string& directory, const FileWriters& files,
 /// Throws CheckpointError naming the directory, the file and the problem.
 nlohmann::json verify_checkpoint(const std::string& directory);
 
+/// The manifest alone (format and version checked, files not read): for a checkpoint verified
+/// just before, whose metadata is wanted without checksumming every file again.
+nlohmann::json read_manifest(const std::string& directory);
+
 /// CRC-32 (zlib) of a whole file.
 uint32_t file_crc32(const std::string& path);
 

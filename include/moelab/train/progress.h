@@ -14,6 +14,9 @@ enum class ConsoleMode { kSilent, kLines, kProgressBar };
 /// kProgressBar when stdout is a terminal, else kLines.
 ConsoleMode console_mode_for_stdout();
 
+/// 1234567 -> "1,234,567".
+std::string format_thousands(int64_t n);
+
 /// "h:mm:ss" (or "m:ss" under an hour); "?" for a negative or non-finite value.
 std::string format_clock(double seconds);
 
