@@ -237,7 +237,7 @@ std::string write_report(const std::string& study_dir) {
     const auto lines = read_metrics((fs::path(study_dir) / name).string());
     const int color = static_cast<int>(names.size() % 8) + 1;
     Series train{name + " train", {}, {}, false, color}, val{name + " val", {}, {}, true, color};
-    std::vector<Series> expert_curves;
+    std::vector<Series> expert_curves, usage_curves;
     for (const auto& line : lines) {
       if (line["kind"] == "train") {
         train.x.push_back(line["step"]);
@@ -251,6 +251,14 @@ std::string write_report(const std::string& study_dir) {
             expert_curves[e].x.push_back(line["step"]);
             expert_curves[e].y.push_back(value_or_nan(losses[e]));
           }
+        }
+      } else if (line["kind"] == "epoch" && !line["moe_layers"].empty()) {
+        const auto& usage = line["moe_layers"][0]["usage"];
+        usage_curves.resize(usage.size());
+        for (size_t e = 0; e < usage.size(); ++e) {
+          usage_curves[e].title = "expert " + std::to_string(e);
+          usage_curves[e].x.push_back(line["epoch"].get<double>() + 1);
+          usage_curves[e].y.push_back(value_or_nan(usage[e]));
         }
       } else if (line["kind"] == "eval") {
         val.x.push_back(line["step"]);
@@ -296,6 +304,12 @@ std::string write_report(const std::string& study_dir) {
                 {name + ": training loss of the images each expert computed", "step", "loss"},
                 expert_curves, /*log_y=*/true);
     }
+    if (!usage_curves.empty()) {
+      line_plot(png("usage_per_epoch_" + name + ".png"),
+                {name + ": share of the training images each expert computed, per epoch", "epoch",
+                 "share of routed images"},
+                usage_curves);
+    }
     const double mi = mutual_information(counts);
     const double class_entropy = nn::distribution_entropy(per_class.view({-1})).item<double>();
     sections += fmt::format(
@@ -321,6 +335,10 @@ std::string write_report(const std::string& study_dir) {
         "</table>\n<img src=\"heatmap_{0}.png\" alt=\"class x expert heatmap of {0}\">\n", name);
     if (!expert_curves.empty()) {
       sections += fmt::format("<img src=\"expert_loss_{0}.png\" alt=\"per-expert loss of {0}\">\n", name);
+    }
+    if (!usage_curves.empty()) {
+      sections += fmt::format(
+          "<img src=\"usage_per_epoch_{0}.png\" alt=\"expert usage per epoch of {0}\">\n", name);
     }
   }
 

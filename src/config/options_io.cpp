@@ -21,6 +21,7 @@ void visit(V& v, nn::RouterOptions& o) {
   v.field("normalize_weights", o.normalize_weights());
   v.field("jitter_eps", o.jitter_eps());
   v.field("bias_update_rate", o.bias_update_rate());
+  v.field("score_function", o.score_function());
   v.field("num_groups", o.num_groups());
   v.field("topk_groups", o.topk_groups());
   v.field("capacity_factor", o.capacity_factor());
@@ -210,6 +211,9 @@ struct Codec<nn::RouterKind>
     : EnumCodec<nn::RouterKind, nn::parse_router_kind, nn::to_string> {};
 template <>
 struct Codec<nn::Activation> : EnumCodec<nn::Activation, nn::parse_activation, nn::to_string> {};
+template <>
+struct Codec<nn::ScoreFunction>
+    : EnumCodec<nn::ScoreFunction, nn::parse_score_function, nn::to_string> {};
 template <>
 struct Codec<nn::DropPolicy> : EnumCodec<nn::DropPolicy, nn::parse_drop_policy, nn::to_string> {};
 

@@ -42,6 +42,16 @@ bool has_learned_gate(RouterKind kind) {
   return kind != RouterKind::kRandom && kind != RouterKind::kHash;
 }
 
+ScoreFunction parse_score_function(const std::string& name) {
+  if (name == "sigmoid") return ScoreFunction::kSigmoid;
+  if (name == "softmax") return ScoreFunction::kSoftmax;
+  TORCH_CHECK(false, "Router: unknown score_function '", name, "'; expected sigmoid or softmax");
+}
+
+std::string to_string(ScoreFunction function) {
+  return function == ScoreFunction::kSigmoid ? "sigmoid" : "softmax";
+}
+
 RouterImpl::RouterImpl(RouterOptions options_) : options(std::move(options_)) { reset(); }
 
 RouterImpl::RouterImpl(RouterOptions options_, torch::nn::AnyModule gate_network_)
@@ -63,6 +73,9 @@ void RouterImpl::reset() {
               ") must be >= 0");
   TORCH_CHECK(o.capacity_factor() > 0, "Router: capacity_factor (", o.capacity_factor(),
               ") must be > 0");
+  TORCH_CHECK(o.score_function() == ScoreFunction::kSigmoid || o.kind() == RouterKind::kAuxFree,
+              "Router: score_function applies only to aux_free routers; ", to_string(o.kind()),
+              " routers use softmax");
   if (o.kind() == RouterKind::kSwitch) {
     TORCH_CHECK(o.top_k() == 1, "Router: the switch router routes to one expert; top_k is ",
                 o.top_k(), ". HINT: use kind top_k for k > 1");
@@ -191,7 +204,9 @@ RouterOutput RouterImpl::forward(const at::Tensor& x, const at::Tensor& token_id
     }
     case RouterKind::kAuxFree: {
       out.logits = score_logits(x) / temperature;
-      at::Tensor scores = at::sigmoid(out.logits);
+      at::Tensor scores = o.score_function() == ScoreFunction::kSigmoid
+                              ? at::sigmoid(out.logits)
+                              : at::softmax(out.logits, -1);
       out.probs = scores / scores.sum(-1, /*keepdim=*/true).clamp_min(1e-20);
       auto selection = select_top_k(scores, k, expert_bias, o.num_groups(), o.topk_groups(),
                                     o.normalize_weights());
@@ -230,11 +245,14 @@ RouterOutput RouterImpl::forward(const at::Tensor& x, const at::Tensor& token_id
   TORCH_INTERNAL_ASSERT(false, "unhandled RouterKind");
 }
 
-void RouterImpl::update_bias() {
+void RouterImpl::update_bias(double rate_scale) {
   if (options.kind() != RouterKind::kAuxFree) return;
+  TORCH_CHECK(rate_scale >= 0 && std::isfinite(rate_scale), "Router: update_bias rate_scale (",
+              rate_scale, ") must be a finite number >= 0");
   torch::NoGradGuard no_grad;
   if (load_count.sum().item<double>() > 0) {
-    expert_bias.add_(options.bias_update_rate() * at::sign(load_count.mean() - load_count));
+    expert_bias.add_(options.bias_update_rate() * rate_scale *
+                     at::sign(load_count.mean() - load_count));
   }
   load_count.zero_();
 }

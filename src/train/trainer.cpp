@@ -382,7 +382,9 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     }
     optimizer_->step();
     for (auto& child : model_->modules(/*include_self=*/false)) {
-      if (auto* moe = dynamic_cast<nn::MoELayerImpl*>(child.get())) moe->update_routing_bias();
+      if (auto* moe = dynamic_cast<nn::MoELayerImpl*>(child.get())) {
+        moe->update_routing_bias(lr / options_.optimizer().lr());
+      }
     }
     ++step_;
     ++interval_steps;

@@ -8,6 +8,7 @@
 #include "moelab/data/registry.h"
 #include "moelab/util/errors.h"
 #include "support/fixtures.h"
+#include "support/image_files.h"
 
 using namespace moelab::data;
 
@@ -45,17 +46,11 @@ class ImagesTest : public moelab::testing::TempDirTest {
     write(prefix + "-images-idx3-ubyte", idx_bytes({n, 4, 4}, pixels));
     write(prefix + "-labels-idx1-ubyte", idx_bytes({n}, labels));
   }
-  // CIFAR records: label byte(s), then 3 planes of 32x32; pixel (c, y, x) of record r is
-  // (r + c * 7 + y + x) % 256.
+  // CIFAR records whose pixel (c, y, x) of record r is (r + c * 7 + y + x) % 256.
   void write_cifar(const std::string& name, const std::vector<std::vector<uint8_t>>& labels) {
-    std::string bytes;
-    for (size_t r = 0; r < labels.size(); ++r) {
-      for (uint8_t l : labels[r]) bytes.push_back(static_cast<char>(l));
-      for (int c = 0; c < 3; ++c)
-        for (int y = 0; y < 32; ++y)
-          for (int x = 0; x < 32; ++x) bytes.push_back(static_cast<char>((r + c * 7 + y + x) % 256));
-    }
-    write_plain(name, bytes);
+    moelab::testing::write_cifar_file(path(name), labels, [](size_t r, int c, int y, int x) {
+      return static_cast<uint8_t>((r + c * 7 + y + x) % 256);
+    });
   }
 };
 

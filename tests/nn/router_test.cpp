@@ -8,6 +8,7 @@
 using moelab::nn::Router;
 using moelab::nn::RouterKind;
 using moelab::nn::RouterOptions;
+using moelab::nn::ScoreFunction;
 
 namespace {
 
@@ -109,6 +110,27 @@ TEST(RouterTest, AuxFreeBiasChoosesButDoesNotWeight) {
   EXPECT_NEAR(out.weights.item<double>(), 1.0 / (1.0 + std::exp(-0.9)), 1e-6);
 }
 
+TEST(RouterTest, AuxFreeSoftmaxScoresCompeteAcrossExperts) {
+  auto router = identity_router(RouterOptions(4, 4)
+                                    .kind(RouterKind::kAuxFree)
+                                    .top_k(1)
+                                    .score_function(ScoreFunction::kSoftmax));
+  at::Tensor x = torch::tensor({{1.0, 0.9, -1.0, -1.0}});
+  {
+    torch::NoGradGuard no_grad;
+    router->expert_bias.copy_(torch::tensor({0.0, 0.5, 0.0, 0.0}));
+  }
+  auto out = router->forward(x);
+  EXPECT_EQ(out.indices.item<int64_t>(), 1);
+  const double sum = std::exp(1.0) + std::exp(0.9) + 2 * std::exp(-1.0);
+  EXPECT_NEAR(out.weights.item<double>(), std::exp(0.9) / sum, 1e-6);
+  EXPECT_TRUE(torch::allclose(out.probs, torch::softmax(x, -1)));
+  EXPECT_EQ(moelab::nn::parse_score_function("softmax"), ScoreFunction::kSoftmax);
+  EXPECT_THROW(moelab::nn::parse_score_function("tanh"), c10::Error);
+  // Other kinds have their own score function; setting one on them is refused, not ignored.
+  EXPECT_THROW(Router(RouterOptions(4, 4).score_function(ScoreFunction::kSoftmax)), c10::Error);
+}
+
 TEST(RouterTest, AuxFreeBiasMovesTowardsBalance) {
   auto router = identity_router(
       RouterOptions(4, 4).kind(RouterKind::kAuxFree).top_k(1).bias_update_rate(0.1));
@@ -119,6 +141,14 @@ TEST(RouterTest, AuxFreeBiasMovesTowardsBalance) {
   router->update_bias();
   EXPECT_TRUE(torch::allclose(router->expert_bias, torch::tensor({-0.1f, 0.1f, 0.1f, 0.1f})));
   EXPECT_EQ(router->load_count.sum().item<double>(), 0.0);
+  // The step scales with rate_scale (the trainer's lr / peak lr); 0 freezes the bias.
+  router->forward(torch::tensor({{0.0, 0.0, 0.0, 5.0}, {0.0, 0.0, 0.0, 5.0}}));
+  router->update_bias(0.5);
+  EXPECT_TRUE(torch::allclose(router->expert_bias, torch::tensor({-0.05f, 0.15f, 0.15f, 0.05f})));
+  router->forward(torch::tensor({{5.0, 0.0, 0.0, 0.0}}));
+  router->update_bias(0.0);
+  EXPECT_TRUE(torch::allclose(router->expert_bias, torch::tensor({-0.05f, 0.15f, 0.15f, 0.05f})));
+  EXPECT_THROW(router->update_bias(-1.0), c10::Error);
   // Evaluation does not count load.
   router->eval();
   router->forward(torch::tensor({{2.0, 0.0, 0.0, 0.0}}));

@@ -97,8 +97,9 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   MoEOutput forward(const at::Tensor& x, const at::Tensor& padding_mask = {},
                     const at::Tensor& token_ids = {});
 
-  /// aux_free routers: apply the bias update; call after each optimiser step.
-  void update_routing_bias() { router->update_bias(); }
+  /// aux_free routers: apply the bias update (Router::update_bias); call after each optimiser
+  /// step.
+  void update_routing_bias(double rate_scale = 1.0) { router->update_bias(rate_scale); }
 
   /// Parameters used for one token: router, shared experts and k routed experts (expert choice:
   /// capacity_factor * k on average).

@@ -7,7 +7,7 @@
 //   top_k        softmax(logits / T), top k, optional renormalisation (GShard, Mixtral)
 //   noisy_top_k  learned Gaussian noise on the logits in training (Shazeer et al. 2017)
 //   switch       top 1, optional multiplicative input jitter in training (Fedus et al. 2021)
-//   aux_free     sigmoid scores, a per-expert bias that only chooses (DeepSeek-V3)
+//   aux_free     sigmoid (or softmax) scores, a per-expert bias that only chooses (DeepSeek-V3)
 //   group_limited  top groups of experts, then top k inside them (DeepSeek-V2)
 //   expert_choice  each expert takes its top C tokens (Zhou et al. 2022)
 //   random, hash   baselines without a learned gate (Roller et al. 2021 for hash)
@@ -43,6 +43,11 @@ std::string to_string(RouterKind kind);
 /// True for kinds whose scores come from a learned gate (not random, not hash).
 bool has_learned_gate(RouterKind kind);
 
+/// How aux_free turns logits into scores (Megatron-Core's moe_router_score_function).
+enum class ScoreFunction { kSigmoid, kSoftmax };
+ScoreFunction parse_score_function(const std::string& name);  // "sigmoid" | "softmax"
+std::string to_string(ScoreFunction function);
+
 struct RouterOptions {
   RouterOptions(int64_t d_model, int64_t num_experts)
       : d_model_(d_model), num_experts_(num_experts) {}
@@ -63,6 +68,9 @@ struct RouterOptions {
   TORCH_ARG(double, jitter_eps) = 0.0;
   /// aux_free: bias step size per update(), bias_i += rate * sign(mean load - load_i). Default 1e-3.
   TORCH_ARG(double, bias_update_rate) = 1e-3;
+  /// aux_free: sigmoid scores (DeepSeek-V3), or softmax scores, which compete across experts and
+  /// so give a hard top-1 gate a gradient towards the better expert. Default sigmoid.
+  TORCH_ARG(ScoreFunction, score_function) = ScoreFunction::kSigmoid;
   /// Expert groups G for group_limited (also allowed with aux_free); must divide E. Default 1.
   TORCH_ARG(int64_t, num_groups) = 1;
   /// Groups kept per token, in [1, num_groups]. Default 1.
@@ -103,9 +111,12 @@ class RouterImpl : public torch::nn::Cloneable<RouterImpl> {
   RouterOutput forward(const at::Tensor& x, const at::Tensor& token_ids = {});
 
   /// aux_free: moves the selection bias towards balance using the load counted since the last
-  /// call (in training mode), then clears the count. Call after each optimiser step. A no-op for
-  /// the other kinds.
-  void update_bias();
+  /// call (in training mode), then clears the count. Call after each optimiser step. The step is
+  /// bias_update_rate * rate_scale; the trainer passes lr / peak lr, so the bias settles as the
+  /// schedule anneals (DeepSeek-V3 stops the updates for its last tokens) instead of swinging
+  /// the load between near-tied experts once the router has stopped learning. A no-op for the
+  /// other kinds.
+  void update_bias(double rate_scale = 1.0);
 
   RouterOptions options;
   torch::nn::Linear gate{nullptr};
