@@ -206,9 +206,18 @@ std::string html_escape(const std::string& text) {
   return out;
 }
 
-
 double value_or_nan(const nlohmann::json& v) {
   return v.is_number() ? v.get<double>() : std::nan("");
+}
+
+// One point per expert at `x`, expert e's value going to curves[e] ("expert e").
+void add_expert_points(std::vector<Series>& curves, double x, const nlohmann::json& values) {
+  curves.resize(values.size());
+  for (size_t e = 0; e < values.size(); ++e) {
+    curves[e].title = "expert " + std::to_string(e);
+    curves[e].x.push_back(x);
+    curves[e].y.push_back(value_or_nan(values[e]));
+  }
 }
 
 }  // namespace
@@ -244,22 +253,10 @@ std::string write_report(const std::string& study_dir) {
         train.y.push_back(line["loss"]);
         const auto& layers = line["moe_layers"];
         if (!layers.empty() && layers[0].contains("expert_loss")) {
-          const auto& losses = layers[0]["expert_loss"];
-          expert_curves.resize(losses.size());
-          for (size_t e = 0; e < losses.size(); ++e) {
-            expert_curves[e].title = "expert " + std::to_string(e);
-            expert_curves[e].x.push_back(line["step"]);
-            expert_curves[e].y.push_back(value_or_nan(losses[e]));
-          }
+          add_expert_points(expert_curves, line["step"], layers[0]["expert_loss"]);
         }
       } else if (line["kind"] == "epoch" && !line["moe_layers"].empty()) {
-        const auto& usage = line["moe_layers"][0]["usage"];
-        usage_curves.resize(usage.size());
-        for (size_t e = 0; e < usage.size(); ++e) {
-          usage_curves[e].title = "expert " + std::to_string(e);
-          usage_curves[e].x.push_back(line["epoch"].get<double>() + 1);
-          usage_curves[e].y.push_back(value_or_nan(usage[e]));
-        }
+        add_expert_points(usage_curves, line["epoch"].get<double>() + 1, line["moe_layers"][0]["usage"]);
       } else if (line["kind"] == "eval") {
         val.x.push_back(line["step"]);
         val.y.push_back(line["val_loss"]);
