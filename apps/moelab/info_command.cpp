@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "commands.h"
-#include "moelab/config/run_config.h"
+#include "moelab/run/run_config.h"
 #include "moelab/train/progress.h"
 
 namespace moelab::app {
@@ -21,7 +21,7 @@ void add_config_arguments(CLI::App& command, ConfigArguments& args) {
 }
 
 std::optional<YAML::Node> resolve_or_dump(const ConfigArguments& args) {
-  YAML::Node resolved = config::resolve_run_config(args.files, args.overrides);
+  YAML::Node resolved = run::resolve_run_config(args.files, args.overrides);
   if (!args.dump_config) return resolved;
   std::cout << YAML::Dump(resolved) << "\n";
   return std::nullopt;
@@ -40,7 +40,7 @@ void register_info_command(CLI::App& app, Action& action) {
     action = [args] {
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
       if (!resolved) return;
-      const auto model = config::build_model(*resolved);
+      const auto model = run::build_model(*resolved);
       const models::ModelCost cost = model->cost();
       const std::string name = (*resolved)["model"]["name"].as<std::string>();
       if (args->json) {

@@ -7,8 +7,8 @@
 
 #include "commands.h"
 #include "moelab/analysis/study.h"
-#include "moelab/config/run_config.h"
-#include "moelab/train/evaluation.h"
+#include "moelab/run/run.h"
+#include "moelab/run/run_config.h"
 #include "moelab/train/trainer.h"
 
 namespace moelab::app {
@@ -28,8 +28,7 @@ void train_and_report(train::Trainer& trainer, const std::string& run_dir) {
   trainer.set_console(train::console_mode_for_stdout(), std::cout);
   const train::TrainSummary s = trainer.run();
   const std::string validation =
-      s.evaluated ? fmt::format("val loss {:.4f}, val accuracy {:.4f}", s.val_loss, s.val_accuracy)
-                  : "not evaluated";
+      s.evaluated ? train::format_metrics(trainer.task(), s.val, "val ") : "not evaluated";
   std::cout << fmt::format("step {}: train loss {:.4f}, {}, skipped steps {}\n", s.steps,
                            s.final_train_loss, validation, s.skipped_steps);
   if (s.best_step >= 0) std::cout << fmt::format("best: step {} ({:.4f})\n", s.best_step, s.best_value);
@@ -68,8 +67,8 @@ void register_run_commands(CLI::App& app, Action& action) {
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
       if (!resolved) return;
       const std::string run_dir = args->run_dir.empty() ? default_run_dir() : args->run_dir;
-      train::Trainer trainer(*resolved, run_dir);
-      train_and_report(trainer, run_dir);
+      auto trainer = run::start_run(*resolved, run_dir);
+      train_and_report(*trainer, run_dir);
     };
   });
 
@@ -84,7 +83,7 @@ void register_run_commands(CLI::App& app, Action& action) {
                      "Limits to change, e.g. train.max_steps=400 train.max_time=2h");
   resume->callback([resume_args, &action] {
     action = [resume_args] {
-      auto trainer = train::Trainer::resume(resume_args->run_dir, resume_args->overrides);
+      auto trainer = run::resume_run(resume_args->run_dir, resume_args->overrides);
       train_and_report(*trainer, resume_args->run_dir);
     };
   });
@@ -105,23 +104,20 @@ void register_run_commands(CLI::App& app, Action& action) {
                "set: -c other-data.yaml.");
   eval->callback([eval_args, &action] {
     action = [eval_args] {
-      const auto e = train::evaluate_checkpoint(eval_args->path, eval_args->files,
-                                                eval_args->overrides, eval_args->latest);
+      const auto e = run::evaluate_checkpoint(eval_args->path, eval_args->files,
+                                              eval_args->overrides, eval_args->latest);
+      const train::Metrics& metrics = e.result.metrics;
       if (eval_args->json) {
-        std::cout << nlohmann::json{{"checkpoint", e.checkpoint},
-                                    {"step", e.step},
-                                    {"split", e.split},
-                                    {"loss", e.result.loss},
-                                    {"accuracy", e.result.accuracy},
-                                    {"samples", e.result.samples}}
-                         .dump()
-                  << "\n";
+        nlohmann::json line{{"checkpoint", e.checkpoint}, {"step", e.step}, {"split", e.split},
+                            {"task", e.task->name()}, {"samples", metrics.samples}};
+        for (const auto& [name, value] : metrics.values) line[name] = value;
+        for (const auto& [name, value] : metrics.details.items()) line[name] = value;
+        std::cout << line.dump() << "\n";
         return;
       }
-      std::cout << fmt::format("{} (step {}), {} split: loss {:.4f}, accuracy {:.4f} over {} "
-                               "samples\n",
-                               e.checkpoint, e.step, e.split, e.result.loss, e.result.accuracy,
-                               e.result.samples);
+      std::cout << fmt::format("{} (step {}), {} split: {} over {} samples\n", e.checkpoint,
+                               e.step, e.split, train::format_metrics(*e.task, metrics, ""),
+                               metrics.samples);
     };
   });
 
@@ -180,7 +176,7 @@ void register_run_commands(CLI::App& app, Action& action) {
   exporter->callback([export_args, &action] {
     action = [export_args] {
       const nlohmann::json config =
-          train::export_checkpoint(export_args->path, export_args->out, export_args->latest);
+          run::export_checkpoint(export_args->path, export_args->out, export_args->latest);
       std::cout << fmt::format("exported {} tensors of {} (step {}) to {}/model.safetensors and "
                                "{}/config.json\n",
                                config["tensors"].size(), config["source_checkpoint"].get<std::string>(),

@@ -9,13 +9,13 @@
 #include <set>
 
 #include "moelab/analysis/plot.h"
-#include "moelab/analysis/routing.h"
 #include "moelab/config/config.h"
-#include "moelab/config/options_io.h"
-#include "moelab/config/run_config.h"
-#include "moelab/models/vision.h"
-#include "moelab/nn/aux_losses.h"
+#include "moelab/models/registry.h"
+#include "moelab/run/run.h"
+#include "moelab/run/run_config.h"
 #include "moelab/train/checkpoint.h"
+#include "moelab/train/routing_stats.h"
+#include "moelab/train/run_directory.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/errors.h"
 
@@ -25,27 +25,21 @@ namespace moelab::analysis {
 
 namespace {
 
-void reject_unknown(const YAML::Node& node, const std::set<std::string>& known,
+void reject_unknown(const YAML::Node& node, const std::vector<std::string>& known,
                     const std::string& where) {
   if (!node.IsMap()) throw ConfigError(where + ": expected a section of keys");
   for (const auto& item : node) {
     const std::string key = item.first.as<std::string>();
-    if (known.count(key)) continue;
-    std::string message = (where.empty() ? "" : where + ".") + key + ": unknown key";
-    const std::string suggestion = config::nearest(key, {known.begin(), known.end()});
-    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
-    throw ConfigError(message);
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      config::throw_unknown_key(where, key, known);
+    }
   }
 }
 
-std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {
-  std::vector<nlohmann::json> lines;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
-  }
-  return lines;
-}
+using train::mutual_information;
+using train::read_metrics;
+using train::to_doubles;
+using train::top_classes;
 
 const nlohmann::json* last_of_kind(const std::vector<nlohmann::json>& lines, const std::string& kind) {
   for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
@@ -79,7 +73,7 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
   for (size_t i = 0; i < tree["runs"].size(); ++i) {
     const YAML::Node run = tree["runs"][i];
     const std::string where = "runs[" + std::to_string(i) + "]";
-    reject_unknown(run, {"name", "model", "train", "data", "match"}, where);
+    reject_unknown(run, {"name", "model", "data", "task", "train", "match"}, where);
     if (!run["name"]) throw ConfigError(where + ".name: every run needs a name");
     const std::string name = run["name"].as<std::string>();
     if (name.empty() || name.find('/') != std::string::npos ||
@@ -88,7 +82,7 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
     }
     order.push_back(name);
     YAML::Node config = config::clone(base);
-    for (const char* section : {"train", "data"}) {
+    for (const char* section : {"train", "data", "task"}) {
       if (run[section]) {
         YAML::Node target = config[section] ? config[section] : YAML::Node(YAML::NodeType::Map);
         config::merge(target, run[section]);
@@ -110,7 +104,7 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
       config["model"] = model;
     }
     try {
-      resolved[name] = config::resolve_run_config(config);
+      resolved[name] = run::resolve_run_config(config);
     } catch (const ConfigError& e) {
       throw ConfigError(where + " (" + name + "): " + e.what());
     }
@@ -120,21 +114,17 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
       throw ConfigError("study.reference: runs with `match` need the name of a vision_moe run to "
                         "match ('" + plan.reference + "' is not one)");
     }
-    auto reference = std::dynamic_pointer_cast<models::VisionMoEImpl>(
-        config::build_model(resolved[plan.reference]));
-    if (!reference) throw ConfigError("study.reference: '" + plan.reference + "' is not a vision_moe run");
-    const models::ModelCost cost = reference->cost();
-    models::ConvNetOptions expert = reference->options.expert();
-    expert.width_multiplier(1.0);
+    const YAML::Node reference = resolved[plan.reference]["model"];
+    const models::ModelEntry& entry = models::find_model(reference["name"].as<std::string>());
+    if (!entry.dense_baseline) {
+      throw ConfigError("study.reference: '" + plan.reference + "' is a " + entry.name +
+                        " run, which has no dense baseline to match");
+    }
+    YAML::Node options = config::clone(reference);
+    options.remove("name");
     for (MatchedRun& run : matched) {
-      models::ConvNetOptions dense = expert;
-      dense.width_multiplier(models::match_width_multiplier(
-          expert, run.target,
-          run.target == models::MatchTarget::kFlops ? cost.flops_per_sample : cost.parameters_total));
-      YAML::Node model = config::to_yaml(dense);
-      model["name"] = "cnn";
-      run.config["model"] = model;
-      resolved[run.name] = config::resolve_run_config(run.config);
+      run.config["model"] = entry.dense_baseline(options, run.target);
+      resolved[run.name] = run::resolve_run_config(run.config);
     }
   }
   for (const auto& name : order) plan.runs.emplace_back(name, YAML::Dump(resolved[name]));
@@ -155,10 +145,10 @@ nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
       out << fmt::format("== {} ==", name) << std::endl;
       std::unique_ptr<train::Trainer> trainer;
       if (!train::latest_checkpoint(run_dir).empty()) {
-        trainer = train::Trainer::resume(run_dir);
+        trainer = run::resume_run(run_dir);
       } else {
         fs::remove_all(run_dir);  // a run that never reached a checkpoint starts over
-        trainer = std::make_unique<train::Trainer>(config, run_dir);
+        trainer = run::start_run(config, run_dir);
       }
       trainer->set_console(console, out);
       const train::TrainSummary summary = trainer->run();
@@ -172,7 +162,7 @@ nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
     }
     const nlohmann::json* test = last_of_kind(lines, "test");
     if (!test) throw TrainingError("study: run '" + name + "' finished without a test evaluation");
-    const models::ModelCost cost = config::build_model(config)->cost();
+    const models::ModelCost cost = run::build_model(config)->cost();
     const std::string checkpoint = train::latest_checkpoint(run_dir);
     const double seconds =
         checkpoint.empty() ? 0.0

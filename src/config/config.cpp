@@ -1,8 +1,12 @@
 #include "moelab/config/config.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
+#include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::config {
@@ -115,6 +119,61 @@ std::string nearest(const std::string& key, const std::vector<std::string>& cand
     }
   }
   return best;
+}
+
+void throw_unknown_key(const std::string& where, const std::string& key,
+                       const std::vector<std::string>& known) {
+  const std::string prefix = where.empty() ? "" : where + ".";
+  std::string message = prefix + key + ": unknown key";
+  const std::string suggestion = nearest(key, known);
+  if (!suggestion.empty()) {
+    message += "; did you mean '" + prefix + suggestion + "'?";
+  } else {
+    message += " (valid:";
+    for (const auto& k : known) message += " " + k;
+    message += ")";
+  }
+  throw ConfigError(message);
+}
+
+std::string shortest_text(double value) {
+  if (std::isnan(value)) return ".nan";
+  if (std::isinf(value)) return value > 0 ? ".inf" : "-.inf";
+  char text[40];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof(text), "%.*g", digits, value);
+    if (std::strtod(text, nullptr) == value) break;
+  }
+  std::string out = text;
+  // "1" would read back as an integer; a float field keeps a float look.
+  if (out.find_first_of(".eEn") == std::string::npos) out += ".0";
+  return out;
+}
+
+FieldReader::FieldReader(YAML::Node node, std::string where)
+    : node_(std::move(node)), where_(std::move(where)) {
+  if (node_ && !node_.IsMap() && !node_.IsNull()) {
+    throw ConfigError(where_ + ": expected a section of keys, got a value");
+  }
+}
+
+void FieldReader::group(const char* name, const std::function<void(FieldReader&)>& read) {
+  names_.push_back(name);
+  const YAML::Node child = node_[name];
+  if (!child || child.IsNull()) return;
+  FieldReader sub(child, where_ + "." + name);
+  read(sub);
+  sub.reject_unknown();
+}
+
+void FieldReader::reject_unknown() const {
+  if (!node_ || !node_.IsMap()) return;
+  for (const auto& item : node_) {
+    const std::string key = item.first.as<std::string>();
+    if (std::find(names_.begin(), names_.end(), key) == names_.end()) {
+      throw_unknown_key(where_, key, names_);
+    }
+  }
 }
 
 void throw_unknown_name(const std::string& key, const std::string& kind, const std::string& name,

@@ -7,11 +7,24 @@
 #include <fstream>
 #include <memory>
 
+#include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
 
 namespace fs = std::filesystem;
 
 namespace moelab::data {
+
+template <typename V>
+void visit(V& v, ImageDataOptions& o) {
+  v.field("root", o.root());
+  v.field("train_limit", o.train_limit());
+  v.field("test_limit", o.test_limit());
+  v.field("normalize", o.normalize());
+  v.field("augment", o.augment());
+  v.field("labels", o.labels());
+}
+MOELAB_DEFINE_OPTIONS_YAML(ImageDataOptions)
+
 
 namespace {
 
@@ -55,9 +68,13 @@ std::vector<std::string> class_names(const std::string& name, const ImageDataOpt
   return names;
 }
 
-LabelledSet first(const LabelledSet& set, int64_t limit) {
+Batch first(const Batch& set, int64_t limit) {
   if (limit <= 0 || limit >= set.size()) return set;
-  return {set.inputs.narrow(0, 0, limit), set.labels.narrow(0, 0, limit)};
+  return set.range(0, limit);
+}
+
+Batch labelled_images(at::Tensor images, at::Tensor labels) {
+  return Batch({{kInputs, std::move(images)}, {kTargets, std::move(labels)}});
 }
 
 }  // namespace
@@ -100,7 +117,7 @@ std::string find_idx_file(const std::string& root, const std::string& name) {
   throw DataError((fs::path(root) / name).string() + "(.gz): no such file");
 }
 
-LabelledSet load_idx_pair(const std::string& images_path, const std::string& labels_path) {
+Batch load_idx_pair(const std::string& images_path, const std::string& labels_path) {
   at::Tensor images = read_idx(images_path);
   at::Tensor labels = read_idx(labels_path);
   if (images.dim() != 3) {
@@ -112,10 +129,10 @@ LabelledSet load_idx_pair(const std::string& images_path, const std::string& lab
     throw DataError(labels_path + ": " + std::to_string(labels.size(0)) + " labels for " +
                     std::to_string(images.size(0)) + " images in " + images_path);
   }
-  return {images.unsqueeze(1).to(at::kFloat).div_(255.0), labels.to(at::kLong)};
+  return labelled_images(images.unsqueeze(1).to(at::kFloat).div_(255.0), labels.to(at::kLong));
 }
 
-LabelledSet load_cifar_binary(const std::vector<std::string>& paths, int label_bytes,
+Batch load_cifar_binary(const std::vector<std::string>& paths, int label_bytes,
                               int label_index) {
   constexpr int64_t kPixels = 3 * 32 * 32;
   const int64_t record = label_bytes + kPixels;
@@ -135,16 +152,20 @@ LabelledSet load_cifar_binary(const std::vector<std::string>& paths, int label_b
     labels.push_back(raw.select(1, label_index).to(at::kLong));
     images.push_back(raw.narrow(1, label_bytes, kPixels).reshape({-1, 3, 32, 32}));
   }
-  return {at::cat(images).to(at::kFloat).div_(255.0), at::cat(labels)};
+  return labelled_images(at::cat(images).to(at::kFloat).div_(255.0), at::cat(labels));
 }
 
-void normalize_per_channel(Splits& splits) {
-  const at::Tensor& x = splits.train.inputs;
+ChannelStats normalize_per_channel(Batch& train, Batch& test) {
+  const at::Tensor& x = train.at(kInputs);
   const at::Tensor mean = x.mean({0, 2, 3}, /*keepdim=*/true);
   const at::Tensor std = x.std({0, 2, 3}, /*unbiased=*/false, /*keepdim=*/true).clamp_min(1e-6);
-  for (LabelledSet* set : {&splits.train, &splits.val, &splits.test}) {
-    if (set->size() > 0) set->inputs = (set->inputs - mean) / std;
+  for (Batch* set : {&train, &test}) {
+    if (set->size() > 0) set->set(kInputs, (set->at(kInputs) - mean) / std);
   }
+  const at::Tensor m = mean.flatten().to(at::kDouble).contiguous();
+  const at::Tensor s = std.flatten().to(at::kDouble).contiguous();
+  return {{m.data_ptr<double>(), m.data_ptr<double>() + m.numel()},
+          {s.data_ptr<double>(), s.data_ptr<double>() + s.numel()}};
 }
 
 at::Tensor random_crop_flip(const at::Tensor& images, int64_t pad) {
@@ -175,7 +196,7 @@ void validate(const std::string& name, const ImageDataOptions& options, const st
 
 Splits load_image_data(const std::string& name, const ImageDataOptions& options) {
   validate(name, options, "data");
-  Splits splits;
+  Batch train, test;
   if (name == "fashion_mnist" || name == "mnist") {
     const std::string root = !options.root().empty() ? options.root()
                              : name == "mnist"       ? "/usr/share/datasets/mnist"
@@ -185,9 +206,9 @@ Splits load_image_data(const std::string& name, const ImageDataOptions& options)
                       (name == "fashion_mnist" ? std::string(" (apt-get install dataset-fashion-mnist)")
                                                : std::string(" (set data.root)")));
     }
-    splits.train = load_idx_pair(find_idx_file(root, "train-images-idx3-ubyte"),
+    train = load_idx_pair(find_idx_file(root, "train-images-idx3-ubyte"),
                                  find_idx_file(root, "train-labels-idx1-ubyte"));
-    splits.test = load_idx_pair(find_idx_file(root, "t10k-images-idx3-ubyte"),
+    test = load_idx_pair(find_idx_file(root, "t10k-images-idx3-ubyte"),
                                 find_idx_file(root, "t10k-labels-idx1-ubyte"));
   } else if (name == "cifar10" || name == "cifar100") {
     const bool c10 = name == "cifar10";
@@ -203,25 +224,35 @@ Splits load_image_data(const std::string& name, const ImageDataOptions& options)
     const std::string test_file = root + (c10 ? "/test_batch.bin" : "/test.bin");
     const int label_bytes = c10 ? 1 : 2;
     const int label_index = c10 ? 0 : options.labels() == "coarse" ? 0 : 1;
-    splits.train = load_cifar_binary(train_files, label_bytes, label_index);
-    splits.test = load_cifar_binary({test_file}, label_bytes, label_index);
+    train = load_cifar_binary(train_files, label_bytes, label_index);
+    test = load_cifar_binary({test_file}, label_bytes, label_index);
   } else {
     throw ConfigError("data.name: '" + name + "' is not an image data set");
   }
-  splits.train = first(splits.train, options.train_limit());
-  splits.test = first(splits.test, options.test_limit());
+  train = first(train, options.train_limit());
+  test = first(test, options.test_limit());
+  Splits splits;
   splits.class_names = class_names(name, options);
   const auto num_classes = static_cast<int64_t>(splits.class_names.size());
-  for (const LabelledSet* set : {&splits.train, &splits.test}) {
-    if (set->size() > 0 && set->labels.max().item<int64_t>() >= num_classes) {
+  for (const Batch* set : {&train, &test}) {
+    if (set->size() > 0 && set->at(kTargets).max().item<int64_t>() >= num_classes) {
       throw DataError("data." + name + ": a label is " +
-                      std::to_string(set->labels.max().item<int64_t>()) + ", but there are only " +
+                      std::to_string(set->at(kTargets).max().item<int64_t>()) + ", but there are only " +
                       std::to_string(num_classes) + " classes");
     }
   }
-  if (options.normalize()) normalize_per_channel(splits);
+  if (options.normalize()) {
+    ChannelStats stats = normalize_per_channel(train, test);
+    splits.input_mean = std::move(stats.mean);
+    splits.input_std = std::move(stats.std);
+  }
+  splits.train = std::make_shared<TensorSet>(std::move(train));
+  if (test.size() > 0) splits.test = std::make_shared<TensorSet>(std::move(test));
   if (options.augment()) {
-    splits.augment = [](const at::Tensor& batch) { return random_crop_flip(batch); };
+    splits.augment = [](Batch batch) {
+      batch.set(kInputs, random_crop_flip(batch.at(kInputs)));
+      return batch;
+    };
   }
   return splits;
 }

@@ -1,44 +1,59 @@
 #include "moelab/data/registry.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-
-#include <cmath>
+#include <yaml-cpp/yaml.h>
 
 #include "moelab/config/config.h"
-#include "moelab/config/options_io.h"
 #include "moelab/data/images.h"
 #include "moelab/data/synthetic_mixture.h"
-#include "moelab/util/errors.h"
+#include "moelab/data/synthetic_regression.h"
 
 namespace moelab::data {
 
 namespace {
 
 template <typename Options>
-Options parse_data_options(const YAML::Node& section, const std::string& where) {
-  Options options;
-  config::from_yaml(section, options, where);
+Options parse(const YAML::Node& section, const std::string& where, Options options = Options()) {
+  from_yaml(section, options, where);
   return options;
+}
+
+// An entry whose loader needs only its parsed options.
+template <typename Options>
+DataEntry add_data(const std::string& name, const std::string& description,
+                   std::function<Splits(const Options&)> load, const std::string& task) {
+  return {name,
+          description,
+          [] { return to_yaml(Options()); },
+          [](const YAML::Node& section, const std::string& where) { parse<Options>(section, where); },
+          [load](const YAML::Node& section, const std::string& where) {
+            return load(parse<Options>(section, where));
+          },
+          task};
 }
 
 std::vector<DataEntry> register_data() {
   std::vector<DataEntry> entries;
-  entries.push_back(
-      {"synthetic_mixture", "seeded Gaussian mixture of vectors; several clusters per class",
-       [] { return config::to_yaml(SyntheticMixtureOptions()); },
-       [](const YAML::Node& section, const std::string& where) {
-         parse_data_options<SyntheticMixtureOptions>(section, where);
-       },
-       [](const YAML::Node& section, const std::string& where) {
-         const auto options = parse_data_options<SyntheticMixtureOptions>(section, where);
-         LabelledVectors all = make_synthetic_mixture(options);
-         Splits splits;
-         splits.train = {all.features, all.labels};
-         for (int64_t c = 0; c < options.num_classes(); ++c) {
-           splits.class_names.push_back("class " + std::to_string(c));
-         }
-         return splits;
-       }});
+  entries.push_back(add_data<SyntheticMixtureOptions>(
+      "synthetic_mixture", "seeded Gaussian mixture of vectors; several clusters per class",
+      [](const SyntheticMixtureOptions& options) {
+        LabelledVectors all = make_synthetic_mixture(options);
+        Splits splits;
+        splits.train = std::make_shared<TensorSet>(
+            Batch({{kInputs, all.features}, {kTargets, all.labels}}));
+        for (int64_t c = 0; c < options.num_classes(); ++c) {
+          splits.class_names.push_back("class " + std::to_string(c));
+        }
+        return splits;
+      },
+      "classification"));
+  entries.push_back(add_data<SyntheticRegressionOptions>(
+      "synthetic_regression", "seeded piecewise-linear regression target with several outputs",
+      [](const SyntheticRegressionOptions& options) {
+        Splits splits;
+        splits.train = std::make_shared<TensorSet>(make_synthetic_regression(options));
+        return splits;
+      },
+      "regression"));
   struct ImageEntry {
     const char* name;
     const char* description;
@@ -52,33 +67,19 @@ std::vector<DataEntry> register_data() {
     const std::string name = image.name;
     const ImageDataOptions defaults = ImageDataOptions().augment(image.augment);
     entries.push_back(
-        {name, image.description, [defaults] { return config::to_yaml(defaults); },
+        {name, image.description, [defaults] { return to_yaml(defaults); },
          [name, defaults](const YAML::Node& section, const std::string& where) {
-           ImageDataOptions options = defaults;
-           config::from_yaml(section, options, where);
-           validate(name, options, where);
+           validate(name, parse(section, where, defaults), where);
          },
          [name, defaults](const YAML::Node& section, const std::string& where) {
-           ImageDataOptions options = defaults;
-           config::from_yaml(section, options, where);
-           return load_image_data(name, options);
-         }});
+           return load_image_data(name, parse(section, where, defaults));
+         },
+         "classification"});
   }
   return entries;
 }
 
 }  // namespace
-
-void split_validation(Splits& splits, double fraction, uint64_t seed) {
-  const int64_t n = splits.train.size();
-  const auto n_val = static_cast<int64_t>(std::floor(fraction * static_cast<double>(n)));
-  if (n_val == 0) return;
-  at::Generator generator = at::detail::createCPUGenerator(seed * 1000003ULL + 7919ULL);
-  at::Tensor order = at::randperm(n, generator, at::kLong);
-  LabelledSet all = splits.train;
-  splits.val = all.rows(order.narrow(0, 0, n_val));
-  splits.train = all.rows(order.narrow(0, n_val, n - n_val));
-}
 
 const std::vector<DataEntry>& data_registry() {
   static const std::vector<DataEntry> entries = register_data();

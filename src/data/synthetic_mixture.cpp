@@ -2,9 +2,22 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::data {
+
+template <typename V>
+void visit(V& v, SyntheticMixtureOptions& o) {
+  v.field("num_samples", o.num_samples());
+  v.field("input_dim", o.input_dim());
+  v.field("num_classes", o.num_classes());
+  v.field("num_clusters", o.num_clusters());
+  v.field("center_scale", o.center_scale());
+  v.field("cluster_std", o.cluster_std());
+  v.field("seed", o.seed());
+}
+MOELAB_DEFINE_OPTIONS_YAML(SyntheticMixtureOptions)
 
 LabelledVectors make_synthetic_mixture(const SyntheticMixtureOptions& o) {
   auto require = [](bool ok, const std::string& message) {

@@ -1,6 +1,18 @@
 #include "moelab/models/mlp_moe.h"
 
+#include "moelab/config/fields.h"
+#include "moelab/nn/options_yaml.h"
+
 namespace moelab::models {
+
+template <typename V>
+void visit(V& v, MLPMoEOptions& o) {
+  v.field("input_dim", o.input_dim());
+  v.field("num_classes", o.num_classes());
+  v.field("num_layers", o.num_layers());
+  v.nested("moe", o.moe());
+}
+MOELAB_DEFINE_OPTIONS_YAML(MLPMoEOptions)
 
 MLPMoEOptions::MLPMoEOptions() : moe_(64, 128, 4) {
   moe_.router().top_k(2);
@@ -9,8 +21,8 @@ MLPMoEOptions::MLPMoEOptions() : moe_(64, 128, 4) {
 MLPMoEImpl::MLPMoEImpl(MLPMoEOptions options_) : options(std::move(options_)) {
   TORCH_CHECK(options.input_dim() >= 1, "MLPMoE: input_dim (", options.input_dim(),
               ") must be >= 1");
-  TORCH_CHECK(options.num_classes() >= 2, "MLPMoE: num_classes (", options.num_classes(),
-              ") must be >= 2");
+  TORCH_CHECK(options.num_classes() >= 1, "MLPMoE: num_classes (", options.num_classes(),
+              ") must be >= 1");
   TORCH_CHECK(options.num_layers() >= 1, "MLPMoE: num_layers (", options.num_layers(),
               ") must be >= 1");
   const int64_t width = options.moe().d_model();
@@ -25,7 +37,9 @@ MLPMoEImpl::MLPMoEImpl(MLPMoEOptions options_) : options(std::move(options_)) {
   head = register_module("head", torch::nn::Linear(width, options.num_classes()));
 }
 
-ModelOutput MLPMoEImpl::forward(const at::Tensor& x) {
+ModelOutput MLPMoEImpl::forward(const data::Batch& batch) {
+  const at::Tensor& x = batch.at(data::kInputs);
+  const at::Tensor mask = batch.get(data::kPaddingMask), token_ids = batch.get(data::kTokenIds);
   TORCH_CHECK(x.dim() == 2 && x.size(1) == options.input_dim(), "MLPMoE: input must be (B, ",
               options.input_dim(), "), got ", x.sizes());
   ModelOutput out;
@@ -33,25 +47,23 @@ ModelOutput MLPMoEImpl::forward(const at::Tensor& x) {
   out.aux_loss = at::zeros({}, h.options());
   for (size_t l = 0; l < blocks.size(); ++l) {
     // Norms take float32 (bf16 autocast leaves them to the caller on LibTorch 1.13's CPU).
-    nn::MoEOutput moe = blocks[l]->forward(norms[l]->forward(h.to(at::kFloat)));
+    nn::MoEOutput moe = blocks[l]->forward(norms[l]->forward(h.to(at::kFloat)), mask, token_ids);
     h = h + moe.output;
     out.aux_loss = out.aux_loss + moe.aux_loss;
     out.moe_layers.push_back(std::move(moe));
   }
-  out.logits = head->forward(final_norm->forward(h.to(at::kFloat)));
+  out.outputs = head->forward(final_norm->forward(h.to(at::kFloat)));
   return out;
 }
 
 ModelCost MLPMoEImpl::cost() const {
   ModelCost cost;
-  for (const auto& p : parameters()) cost.parameters_total += p.numel();
+  cost.parameters_total = nn::count_parameters(*this);
   int64_t macs = options.input_dim() * options.moe().d_model() +
                  options.moe().d_model() * options.num_classes();
   cost.parameters_active = cost.parameters_total;
   for (const auto& block : blocks) {
-    int64_t block_total = 0;
-    for (const auto& p : block->parameters()) block_total += p.numel();
-    cost.parameters_active += block->active_parameters() - block_total;
+    cost.parameters_active += block->active_parameters() - nn::count_parameters(*block);
     macs += block->active_macs_per_token();
   }
   cost.flops_per_sample = 2 * macs;

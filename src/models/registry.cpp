@@ -1,7 +1,8 @@
 #include "moelab/models/registry.h"
 
+#include <yaml-cpp/yaml.h>
+
 #include "moelab/config/config.h"
-#include "moelab/config/options_io.h"
 #include "moelab/models/mlp_moe.h"
 #include "moelab/models/vision.h"
 #include "moelab/util/errors.h"
@@ -13,34 +14,35 @@ namespace {
 template <typename Options>
 Options parse(const YAML::Node& section, const std::string& where) {
   Options options;
-  config::from_yaml(section, options, where);
+  from_yaml(section, options, where);
   return options;
 }
 
 template <typename Options, typename Impl>
 ModelEntry add_model(const std::string& name, const std::string& description) {
-  return {name, description, [] { return config::to_yaml(Options()); },
+  return {name,
+          description,
+          [] { return to_yaml(Options()); },
           [](const YAML::Node& section, const std::string& where) {
             parse<Options>(section, where);
           },
           [](const YAML::Node& section, const std::string& where) -> std::shared_ptr<Model> {
             return std::make_shared<Impl>(parse<Options>(section, where));
-          }};
+          },
+          {}};
 }
 
 std::vector<ModelEntry> register_models() {
   std::vector<ModelEntry> entries;
-  entries.push_back(
-      {"mlp_moe", "MoE MLP classifier for vector data (pre-norm residual MoE blocks)",
-       [] { return config::to_yaml(MLPMoEOptions()); },
-       [](const YAML::Node& section, const std::string& where) {
-         parse<MLPMoEOptions>(section, where);
-       },
-       [](const YAML::Node& section, const std::string& where) -> std::shared_ptr<Model> {
-         return std::make_shared<MLPMoEImpl>(parse<MLPMoEOptions>(section, where));
-       }});
+  entries.push_back(add_model<MLPMoEOptions, MLPMoEImpl>(
+      "mlp_moe", "MoE MLP for vector data (pre-norm residual MoE blocks); classes or outputs"));
   entries.push_back(add_model<VisionMoEOptions, VisionMoEImpl>(
       "vision_moe", "MoE of small CNN experts with a tiny CNN router; hard top-1 or top-k"));
+  entries.back().dense_baseline = [](const YAML::Node& section, MatchTarget target) {
+    YAML::Node model = to_yaml(dense_baseline(parse<VisionMoEOptions>(section, "model"), target));
+    model["name"] = "cnn";
+    return model;
+  };
   entries.push_back(add_model<ConvNetOptions, DenseCNNImpl>(
       "cnn", "dense CNN baseline (the expert's structure with a width multiplier)"));
   entries.push_back(add_model<ResNet18Options, ResNet18Impl>(

@@ -4,15 +4,55 @@
 
 #include <cmath>
 
+#include "moelab/config/fields.h"
+#include "moelab/nn/options_yaml.h"
+
 namespace moelab::models {
+
+template <typename V>
+void visit(V& v, ConvNetOptions& o) {
+  v.field("in_channels", o.in_channels());
+  v.field("image_size", o.image_size());
+  v.field("num_classes", o.num_classes());
+  v.field("width", o.width());
+  v.field("depth", o.depth());
+  v.field("hidden", o.hidden());
+  v.field("width_multiplier", o.width_multiplier());
+}
+
+template <typename V>
+void visit(V& v, VisionMoEOptions& o) {
+  // The image and class sizes are the model's; the expert group holds the CNN's shape.
+  v.field("in_channels", o.expert().in_channels());
+  v.field("image_size", o.expert().image_size());
+  v.field("num_classes", o.expert().num_classes());
+  v.field("num_experts", o.num_experts());
+  v.field("router_width", o.router_width());
+  v.group("expert", [&](V& sub) {
+    sub.field("width", o.expert().width());
+    sub.field("depth", o.expert().depth());
+    sub.field("hidden", o.expert().hidden());
+  });
+  v.nested("router", o.router());
+  v.nested("aux", o.aux());
+  v.nested("dispatch", o.dispatch());
+}
+
+template <typename V>
+void visit(V& v, ResNet18Options& o) {
+  v.field("in_channels", o.in_channels());
+  v.field("image_size", o.image_size());
+  v.field("num_classes", o.num_classes());
+  v.field("width", o.width());
+}
+
+MOELAB_DEFINE_OPTIONS_YAML(ConvNetOptions)
+MOELAB_DEFINE_OPTIONS_YAML(VisionMoEOptions)
+MOELAB_DEFINE_OPTIONS_YAML(ResNet18Options)
 
 namespace {
 
-int64_t count_parameters(const torch::nn::Module& module) {
-  int64_t total = 0;
-  for (const auto& p : module.parameters()) total += p.numel();
-  return total;
-}
+using nn::count_parameters;
 
 // Side of a conv3x3 (padding 1) output with this stride.
 int64_t conv3x3_out(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
@@ -160,12 +200,14 @@ VisionMoEImpl::VisionMoEImpl(VisionMoEOptions options_) : options(std::move(opti
   moe = register_module("moe", nn::MoELayer(layer, modules, torch::nn::AnyModule(router_network)));
 }
 
-ModelOutput VisionMoEImpl::forward(const at::Tensor& images) {
+ModelOutput VisionMoEImpl::forward(const data::Batch& batch) {
+  const at::Tensor& images = batch.at(data::kInputs);
   const ConvNetOptions& e = options.expert();
   check_images(images, e.in_channels(), e.image_size(), "VisionMoE");
-  nn::MoEOutput routed = moe->forward(images.reshape({images.size(0), -1}));
+  nn::MoEOutput routed = moe->forward(images.reshape({images.size(0), -1}),
+                                      batch.get(data::kPaddingMask), batch.get(data::kTokenIds));
   ModelOutput out;
-  out.logits = routed.output;
+  out.outputs = routed.output;
   out.aux_loss = routed.aux_loss;
   out.moe_layers.push_back(std::move(routed));
   return out;
@@ -192,11 +234,12 @@ DenseCNNImpl::DenseCNNImpl(ConvNetOptions options_) : options(std::move(options_
   net = register_module("net", ConvNet(options));
 }
 
-ModelOutput DenseCNNImpl::forward(const at::Tensor& images) {
+ModelOutput DenseCNNImpl::forward(const data::Batch& batch) {
+  const at::Tensor& images = batch.at(data::kInputs);
   check_images(images, options.in_channels(), options.image_size(), "DenseCNN");
   ModelOutput out;
-  out.logits = net->forward(images);
-  out.aux_loss = at::zeros({}, out.logits.options());
+  out.outputs = net->forward(images);
+  out.aux_loss = at::zeros({}, out.outputs.options());
   return out;
 }
 
@@ -275,11 +318,12 @@ ResNet18Impl::ResNet18Impl(ResNet18Options options_) : options(std::move(options
   head = register_module("head", torch::nn::Linear(in, options.num_classes()));
 }
 
-ModelOutput ResNet18Impl::forward(const at::Tensor& images) {
+ModelOutput ResNet18Impl::forward(const data::Batch& batch) {
+  const at::Tensor& images = batch.at(data::kInputs);
   check_images(images, options.in_channels(), options.image_size(), "ResNet18");
   ModelOutput out;
-  out.logits = head->forward(body->forward(images).mean({2, 3}));
-  out.aux_loss = at::zeros({}, out.logits.options());
+  out.outputs = head->forward(body->forward(images).mean({2, 3}));
+  out.aux_loss = at::zeros({}, out.outputs.options());
   return out;
 }
 
@@ -300,6 +344,15 @@ ModelCost ResNet18Impl::cost() const {
   }
   cost.flops_per_sample = flops + 2 * in * options.num_classes();
   return cost;
+}
+
+ConvNetOptions dense_baseline(const VisionMoEOptions& moe, MatchTarget what) {
+  const ModelCost cost = VisionMoEImpl(moe).cost();
+  ConvNetOptions dense = moe.expert();
+  dense.width_multiplier(1.0);
+  dense.width_multiplier(match_width_multiplier(
+      dense, what, what == MatchTarget::kFlops ? cost.flops_per_sample : cost.parameters_total));
+  return dense;
 }
 
 }  // namespace moelab::models

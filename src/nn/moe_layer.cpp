@@ -40,16 +40,12 @@ void MoELayerImpl::reset() {
               ") must be >= 0 (0 = experts.d_ff)");
   TORCH_CHECK(!o.shared_gate() || o.num_shared_experts() > 0,
               "MoELayer: shared_gate needs num_shared_experts > 0");
-  const auto& aux = o.aux();
-  for (double w : {aux.load_balance(), aux.importance_load(), aux.usage_mse(), aux.entropy(),
-                   aux.z_loss()}) {
-    TORCH_CHECK(std::isfinite(w), "MoELayer: aux loss weights must be finite, got ", w);
-  }
-  if (!has_learned_gate(o.router().kind())) {
-    TORCH_CHECK(aux.load_balance() == 0 && aux.usage_mse() == 0 && aux.entropy() == 0 &&
-                    aux.z_loss() == 0 && aux.importance_load() == 0,
-                "MoELayer: the ", to_string(o.router().kind()),
-                " router has no learned gate, so its aux loss weights must all be 0");
+  for (const AuxTermInfo& term : aux_term_registry()) {
+    const double w = term.weight_in(o.aux());
+    TORCH_CHECK(std::isfinite(w), "MoELayer: aux.", term.key, " must be finite, got ", w);
+    TORCH_CHECK(w == 0 || has_learned_gate(o.router().kind()), "MoELayer: the ",
+                to_string(o.router().kind()), " router has no learned gate, so aux.", term.key,
+                " (", w, ") must be 0");
   }
   if (!o.dispatch().dropless()) {
     TORCH_CHECK(o.router().kind() != RouterKind::kExpertChoice,
@@ -85,15 +81,11 @@ void MoELayerImpl::pretty_print(std::ostream& stream) const {
          << ", shared=" << options.num_shared_experts() << ")";
 }
 
-namespace {
-
 int64_t count_parameters(const torch::nn::Module& module) {
   int64_t total = 0;
   for (const auto& p : module.parameters()) total += p.numel();
   return total;
 }
-
-}  // namespace
 
 namespace {
 
@@ -143,48 +135,40 @@ at::Tensor assignment_counts(const RouterOutput& routing, const DispatchPlan& pl
   return at::bincount(routing.indices.reshape({-1}), {}, plan.num_experts);
 }
 
+at::Tensor importance_load_term(const RouterOutput& routing, const DispatchPlan& plan,
+                                const at::TensorOptions& options) {
+  at::Tensor importance =
+      routing.is_expert_choice()
+          ? at::zeros({plan.num_experts}, options).index_add(0, plan.expert, plan.weight)
+          : at::zeros({plan.num_experts}, options)
+                .index_add(0, routing.indices.reshape({-1}), routing.weights.reshape({-1}));
+  at::Tensor load =
+      routing.load.defined() ? routing.load : assignment_counts(routing, plan).to(options);
+  return importance_load_loss(importance, load);
+}
+
 AuxLossTerms compute_aux_terms(const RouterOutput& routing, const DispatchPlan& plan,
                                const AuxLossOptions& weights, const at::TensorOptions& options) {
   AuxLossTerms terms;
-  auto zero = [&] { return at::zeros({}, options); };
-  if (!routing.probs.defined()) {
-    terms.load_balance = terms.importance_load = terms.usage_mse = terms.entropy =
-        terms.z_loss = zero();
-    return terms;
+  for (const AuxTermInfo& info : aux_term_registry()) {
+    if (!routing.probs.defined()) {  // no learned gate: every term is 0
+      terms[info.key] = at::zeros({}, options);
+    } else if (info.weight_in(weights) != 0) {
+      terms[info.key] = info.compute(routing, plan, options);
+    } else {  // a term whose weight is 0 is only reported: no graph is built for it
+      torch::NoGradGuard no_grad;
+      terms[info.key] = info.compute(routing, plan, options);
+    }
   }
-  // A term whose weight is 0 is only reported: no graph is built for it.
-  auto term = [&](double weight, auto&& compute) {
-    if (weight != 0) return compute();
-    torch::NoGradGuard no_grad;
-    return compute();
-  };
-  const at::Tensor counts = assignment_counts(routing, plan);
-  terms.load_balance = term(weights.load_balance(),
-                            [&] { return load_balance_loss(routing.probs, counts); });
-  terms.importance_load = term(weights.importance_load(), [&] {
-    at::Tensor importance =
-        routing.is_expert_choice()
-            ? at::zeros({plan.num_experts}, options).index_add(0, plan.expert, plan.weight)
-            : at::zeros({plan.num_experts}, options)
-                  .index_add(0, routing.indices.reshape({-1}), routing.weights.reshape({-1}));
-    at::Tensor load = routing.load.defined() ? routing.load : counts.to(options);
-    return importance_load_loss(importance, load);
-  });
-  terms.usage_mse = term(weights.usage_mse(), [&] { return usage_mse_loss(routing.probs); });
-  terms.entropy = term(weights.entropy(), [&] { return routing_entropy(routing.probs); });
-  terms.z_loss = term(weights.z_loss(), [&] { return router_z_loss(routing.logits); });
   return terms;
 }
 
-at::Tensor weighted_sum(const AuxLossTerms& terms, const AuxLossOptions& w,
+at::Tensor weighted_sum(const AuxLossTerms& terms, const AuxLossOptions& weights,
                         const at::TensorOptions& options) {
   at::Tensor total = at::zeros({}, options);
-  const std::pair<double, const at::Tensor*> parts[] = {
-      {w.load_balance(), &terms.load_balance}, {w.importance_load(), &terms.importance_load},
-      {w.usage_mse(), &terms.usage_mse},       {w.entropy(), &terms.entropy},
-      {w.z_loss(), &terms.z_loss}};
-  for (const auto& [weight, value] : parts) {
-    if (weight != 0) total = total + weight * *value;
+  for (const AuxTermInfo& info : aux_term_registry()) {
+    const double weight = info.weight_in(weights);
+    if (weight != 0) total = total + weight * terms.at(info.key);
   }
   return total;
 }
@@ -304,6 +288,30 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& input, const at::Tensor& paddi
   for (int64_t d = 1; d < out.dim(); ++d) output_shape.push_back(out.size(d));
   result.output = out.view(output_shape);
   return result;
+}
+
+const std::vector<AuxTermInfo>& aux_term_registry() {
+  static const std::vector<AuxTermInfo> terms{
+      {"load_balance", [](AuxLossOptions& o) -> double& { return o.load_balance(); },
+       [](const RouterOutput& routing, const DispatchPlan& plan, const at::TensorOptions&) {
+         return load_balance_loss(routing.probs, assignment_counts(routing, plan));
+       }},
+      {"importance_load", [](AuxLossOptions& o) -> double& { return o.importance_load(); },
+       importance_load_term},
+      {"usage_mse", [](AuxLossOptions& o) -> double& { return o.usage_mse(); },
+       [](const RouterOutput& routing, const DispatchPlan&, const at::TensorOptions&) {
+         return usage_mse_loss(routing.probs);
+       }},
+      {"entropy", [](AuxLossOptions& o) -> double& { return o.entropy(); },
+       [](const RouterOutput& routing, const DispatchPlan&, const at::TensorOptions&) {
+         return routing_entropy(routing.probs);
+       }},
+      {"z_loss", [](AuxLossOptions& o) -> double& { return o.z_loss(); },
+       [](const RouterOutput& routing, const DispatchPlan&, const at::TensorOptions&) {
+         return router_z_loss(routing.logits);
+       }},
+  };
+  return terms;
 }
 
 }  // namespace moelab::nn

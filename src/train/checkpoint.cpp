@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -141,38 +142,75 @@ void save_module_weights(const torch::nn::Module& module, const std::string& pat
   io::save_safetensors(path, tensors, metadata);
 }
 
-void load_module_weights(torch::nn::Module& module, const std::string& path) {
+std::string WeightLoadReport::describe() const {
+  std::string out = std::to_string(loaded.size()) + " tensors loaded";
+  auto list = [&](const char* what, const std::vector<std::string>& names) {
+    if (names.empty()) return;
+    out += std::string("; ") + std::to_string(names.size()) + " " + what + ":";
+    for (const auto& n : names) out += " " + n;
+  };
+  list("missing", missing);
+  list("unexpected", unexpected);
+  return out;
+}
+
+WeightLoadReport load_module_weights(torch::nn::Module& module, const std::string& path,
+                                     const WeightLoading& options) {
   io::SafetensorsFile file;
   try {
     file = io::load_safetensors(path);
   } catch (const DataError& e) {
     throw CheckpointError(e.what());
   }
+  // The file's names as the model calls them: the first matching prefix is renamed.
+  std::map<std::string, at::Tensor> tensors;
+  for (auto& [name, tensor] : file.tensors) {
+    std::string renamed = name;
+    for (const auto& [from, to] : options.rename_prefixes) {
+      if (renamed.compare(0, from.size(), from) == 0) {
+        renamed = to + renamed.substr(from.size());
+        break;
+      }
+    }
+    if (!tensors.emplace(renamed, tensor).second) {
+      throw CheckpointError(path + ": two tensors map to '" + renamed + "' after renaming");
+    }
+  }
   std::vector<std::pair<std::string, at::Tensor>> targets;
   for (const auto& item : module.named_parameters()) targets.emplace_back(item.key(), item.value());
   for (const auto& item : module.named_buffers()) targets.emplace_back(item.key(), item.value());
-  std::ostringstream problems;
+  WeightLoadReport report;
+  std::ostringstream mismatches;
   std::set<std::string> expected;
   for (const auto& [name, target] : targets) {
     expected.insert(name);
-    auto found = file.tensors.find(name);
-    if (found == file.tensors.end()) {
-      problems << "\n  missing: " << name;
+    auto found = tensors.find(name);
+    if (found == tensors.end()) {
+      report.missing.push_back(name);
     } else if (found->second.sizes() != target.sizes() ||
                found->second.scalar_type() != target.scalar_type()) {
-      problems << "\n  mismatch: " << name << " is " << found->second.scalar_type()
-               << found->second.sizes() << " in the file, " << target.scalar_type()
-               << target.sizes() << " in the model";
+      mismatches << "\n  mismatch: " << name << " is " << found->second.scalar_type()
+                 << found->second.sizes() << " in the file, " << target.scalar_type()
+                 << target.sizes() << " in the model";
     }
   }
-  for (const auto& [name, tensor] : file.tensors) {
-    if (!expected.count(name)) problems << "\n  unexpected: " << name;
+  for (const auto& [name, tensor] : tensors) {
+    if (!expected.count(name)) report.unexpected.push_back(name);
   }
-  if (!problems.str().empty()) {
-    throw CheckpointError(path + ": does not match the model:" + problems.str());
+  std::string problems = mismatches.str();
+  if (options.strict) {
+    for (const auto& name : report.missing) problems += "\n  missing: " + name;
+    for (const auto& name : report.unexpected) problems += "\n  unexpected: " + name;
   }
+  if (!problems.empty()) throw CheckpointError(path + ": does not match the model:" + problems);
   torch::NoGradGuard no_grad;
-  for (auto& [name, target] : targets) target.copy_(file.tensors.at(name));
+  for (auto& [name, target] : targets) {
+    auto found = tensors.find(name);
+    if (found == tensors.end()) continue;
+    target.copy_(found->second);
+    report.loaded.push_back(name);
+  }
+  return report;
 }
 
 }  // namespace moelab::train

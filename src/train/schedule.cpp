@@ -3,9 +3,28 @@
 #include <algorithm>
 #include <cmath>
 
+#include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
 
+namespace moelab::config {
+template <>
+struct EnumNames<train::ScheduleKind> {
+  static train::ScheduleKind parse(const std::string& s) { return train::parse_schedule_kind(s); }
+  static std::string print(train::ScheduleKind v) { return train::to_string(v); }
+};
+}  // namespace moelab::config
+
 namespace moelab::train {
+
+template <typename V>
+void visit(V& v, ScheduleOptions& o) {
+  v.field("kind", o.kind());
+  v.field("warmup_steps", o.warmup_steps());
+  v.field("step_size", o.step_size());
+  v.field("gamma", o.gamma());
+  v.field("min_lr_ratio", o.min_lr_ratio());
+}
+MOELAB_DEFINE_OPTIONS_YAML(ScheduleOptions)
 
 ScheduleKind parse_schedule_kind(const std::string& name) {
   if (name == "constant") return ScheduleKind::kConstant;

@@ -5,24 +5,33 @@
 #include <cmath>
 #include <csignal>
 
+#include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::train {
 
+template <typename V>
+void visit(V& v, MonitorOptions& o) {
+  v.field("metric", o.metric());
+  v.field("mode", o.mode());
+  v.field("min_delta", o.min_delta());
+  v.field("patience", o.patience());
+  v.field("keep_best", o.keep_best());
+}
+MOELAB_DEFINE_OPTIONS_YAML(MonitorOptions)
+
 void validate(const MonitorOptions& options, const std::string& where) {
-  if (options.metric() != "val_loss" && options.metric() != "val_accuracy") {
-    throw ConfigError(where + ".metric: unknown metric '" + options.metric() +
-                      "'; expected val_loss or val_accuracy");
-  }
-  if (options.mode() != "min" && options.mode() != "max") {
-    throw ConfigError(where + ".mode: expected min or max, got '" + options.mode() + "'");
+  // The metric is checked against the task's (Trainer), which this layer does not know.
+  if (options.mode() != "auto" && options.mode() != "min" && options.mode() != "max") {
+    throw ConfigError(where + ".mode: expected auto, min or max, got '" + options.mode() + "'");
   }
   if (!(options.min_delta() >= 0)) throw ConfigError(where + ".min_delta: must be >= 0");
   if (options.patience() < 0) throw ConfigError(where + ".patience: must be >= 0");
 }
 
 bool EarlyStopping::update(double value, int64_t step) {
-  const double sign = options_.mode() == "min" ? 1.0 : -1.0;
+  // The trainer resolves "auto" from the task; left unresolved it means min (a loss).
+  const double sign = options_.mode() == "max" ? -1.0 : 1.0;
   const bool improved = !has_best() || sign * (best_value_ - value) > options_.min_delta();
   if (improved) {
     best_value_ = value;

@@ -8,15 +8,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
-#include <regex>
 
 #include "moelab/config/config.h"
-#include "moelab/config/options_io.h"
-#include "moelab/config/run_config.h"
+#include "moelab/config/fields.h"
 #include "moelab/io/safetensors.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/evaluation.h"
+#include "moelab/train/step.h"
 #include "moelab/util/errors.h"
 
 namespace fs = std::filesystem;
@@ -24,95 +22,66 @@ using Clock = std::chrono::steady_clock;
 
 namespace moelab::train {
 
+template <typename V>
+void visit(V& v, TrainOptions& o) {
+  v.field("max_steps", o.max_steps());
+  v.field("epochs", o.epochs());
+  v.field("batch_size", o.batch_size());
+  v.field("grad_accumulation", o.grad_accumulation());
+  v.field("clip_grad_norm", o.clip_grad_norm());
+  v.field("val_fraction", o.val_fraction());
+  v.field("log_every", o.log_every());
+  v.field("eval_every", o.eval_every());
+  v.field("eval_each_epoch", o.eval_each_epoch());
+  v.field("checkpoint_every", o.checkpoint_every());
+  v.field("checkpoint_every_minutes", o.checkpoint_every_minutes());
+  v.field("keep_last", o.keep_last());
+  v.field("max_time", o.max_time());
+  v.field("precision", o.precision());
+  v.field("seed", o.seed());
+  v.field("max_nonfinite_steps", o.max_nonfinite_steps());
+  v.nested("optimizer", o.optimizer());
+  v.nested("schedule", o.schedule());
+  v.nested("monitor", o.monitor());
+}
+MOELAB_DEFINE_OPTIONS_YAML(TrainOptions)
+
 namespace {
 
-constexpr const char* kCheckpointDir = "checkpoints";
-
-std::string checkpoint_name(int64_t step) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(step));
-  return name;
-}
-
-std::vector<fs::path> checkpoint_dirs(const std::string& run_dir) {
-  std::vector<fs::path> dirs;
-  const fs::path root = fs::path(run_dir) / kCheckpointDir;
-  if (!fs::is_directory(root)) return dirs;
-  const std::regex pattern("step-[0-9]{8}");
-  for (const auto& entry : fs::directory_iterator(root)) {
-    if (entry.is_directory() && std::regex_match(entry.path().filename().string(), pattern)) {
-      dirs.push_back(entry.path());
-    }
-  }
-  std::sort(dirs.begin(), dirs.end());
-  return dirs;
-}
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(std::vector<at::Tensor> params,
-                                                        const OptimizerOptions& o) {
-  if (o.name() == "adamw") {
-    return std::make_unique<torch::optim::AdamW>(
-        params, torch::optim::AdamWOptions(o.lr())
-                    .betas({o.beta1(), o.beta2()})
-                    .eps(o.eps())
-                    .weight_decay(o.weight_decay()));
-  }
-  if (o.name() == "sgd") {
-    return std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(o.lr())
-                    .momentum(o.momentum())
-                    .nesterov(o.nesterov())
-                    .weight_decay(o.weight_decay()));
-  }
-  throw ConfigError("train.optimizer.name: unknown optimizer '" + o.name() +
-                    "'; expected adamw or sgd");
-}
-
-void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
-}
-
-// The order of one epoch depends only on (seed, epoch): resume regenerates it.
-at::Tensor epoch_permutation(uint64_t seed, int64_t epoch, int64_t size) {
-  at::Generator generator = at::detail::createCPUGenerator(seed * 1000003ULL + epoch);
-  return at::randperm(size, generator, at::kLong);
-}
-
 nlohmann::json routing_json(const std::vector<nn::MoEOutput>& layers,
-                            const std::vector<analysis::ExpertTally>& tallies) {
+                            const std::vector<ExpertTally>& tallies) {
   nlohmann::json out = nlohmann::json::array();
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& layer = layers[l];
     const auto& s = layer.stats;
-    out.push_back({{"usage", analysis::to_doubles(s.usage)},
+    out.push_back({{"usage", to_doubles(s.usage)},
                    {"token_entropy", s.token_entropy.item<double>()},
                    {"usage_entropy", s.usage_entropy.item<double>()},
-                   {"dropped_fraction", s.dropped_fraction},
-                   {"load_balance", layer.aux_terms.load_balance.item<double>()},
-                   {"z_loss", layer.aux_terms.z_loss.item<double>()}});
+                   {"dropped_fraction", s.dropped_fraction}});
+    for (const auto& [name, value] : layer.aux_terms) out.back()[name] = value.item<double>();
     if (l < tallies.size() && !tallies[l].empty()) {
-      out.back()["expert_loss"] = analysis::to_json_numbers(tallies[l].mean_loss());
+      out.back()["expert_loss"] = to_json_numbers(tallies[l].mean_loss());
     }
   }
   return out;
 }
 
-nlohmann::json tally_json(const std::vector<analysis::ExpertTally>& tallies) {
+nlohmann::json tally_json(const std::vector<ExpertTally>& tallies) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& tally : tallies) {
-    out.push_back({{"usage", analysis::to_json_numbers(tally.usage())},
-                   {"samples", analysis::to_json_numbers(tally.counts())},
-                   {"expert_loss", analysis::to_json_numbers(tally.mean_loss())}});
+    out.push_back({{"usage", to_json_numbers(tally.usage())},
+                   {"samples", to_json_numbers(tally.counts())},
+                   {"expert_loss", to_json_numbers(tally.mean_loss())}});
   }
   return out;
 }
 
-bool gradients_are_finite(const torch::nn::Module& module) {
-  for (const auto& p : module.parameters()) {
-    if (p.grad().defined() && !at::isfinite(p.grad()).all().item<bool>()) return false;
-  }
-  return true;
+// The metrics of an evaluation as "PREFIX_NAME" keys of a metrics line.
+void add_metrics(nlohmann::json& line, const std::string& prefix, const Metrics& metrics) {
+  for (const auto& [name, value] : metrics.values) line[prefix + name] = value;
+  for (const auto& [name, value] : metrics.details.items()) line[prefix + name] = value;
 }
+
 
 }  // namespace
 
@@ -132,7 +101,7 @@ void validate(const TrainOptions& o) {
   require(o.checkpoint_every_minutes() >= 0, "checkpoint_every_minutes", ">= 0");
   require(o.keep_last() >= 1, "keep_last", ">= 1");
   require(o.max_nonfinite_steps() >= 1, "max_nonfinite_steps", ">= 1");
-  require(o.optimizer().lr() > 0, "optimizer.lr", "> 0");
+  validate(o.optimizer(), "train.optimizer");
   parse_duration(o.max_time(), "train.max_time");
   parse_precision(o.precision(), "train.precision");
   validate(o.monitor(), "train.monitor");
@@ -160,69 +129,50 @@ const std::vector<std::string>& resume_overridable_keys() {
   return keys;
 }
 
-std::string latest_checkpoint(const std::string& run_dir) {
-  auto dirs = checkpoint_dirs(run_dir);
-  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
-    try {
-      verify_checkpoint(it->string());
-      return it->string();
-    } catch (const CheckpointError&) {
-      // An incomplete or damaged checkpoint is skipped in favour of an older one.
-    }
-  }
-  return "";
-}
-
-std::string best_checkpoint(const std::string& run_dir) {
-  const std::string latest = latest_checkpoint(run_dir);
-  if (latest.empty()) return "";
-  const auto state = read_manifest(latest)["metadata"].value("early_stopping", nlohmann::json{});
-  const int64_t best_step = state.value("best_step", int64_t{-1});
-  if (best_step < 0) return "";
-  const std::string best = (fs::path(run_dir) / kCheckpointDir / checkpoint_name(best_step)).string();
-  try {
-    verify_checkpoint(best);
-    return best;
-  } catch (const CheckpointError&) {
-    return "";
-  }
-}
-
-Trainer::Trainer(const YAML::Node& resolved_config, const std::string& run_dir)
-    : Trainer(resolved_config, run_dir, Resumed{}) {
-  if (fs::exists(fs::path(run_dir) / "metrics.jsonl") ||
-      fs::exists(fs::path(run_dir) / kCheckpointDir)) {
+Trainer::Trainer(RunParts parts, const std::string& run_dir)
+    : Trainer(std::move(parts), run_dir, Resumed{}) {
+  if (holds_run(run_dir)) {
     throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
                       "' or choose another directory");
   }
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) throw ConfigError(run_dir + ": cannot create run directory: " + ec.message());
-  std::ofstream out(fs::path(run_dir) / "config.yaml");
+  std::ofstream out(fs::path(run_dir) / kRunConfigFile);
   if (!out) throw ConfigError(run_dir + ": run directory is not writable");
   out << YAML::Dump(config_) << "\n";
 }
 
-Trainer::Trainer(const YAML::Node& resolved_config, const std::string& run_dir, Resumed)
-    : config_(config::clone(resolved_config)), run_dir_(run_dir) {
-  options_ = config::train_options(config_);
+Trainer::Trainer(RunParts parts, const std::string& run_dir, Resumed)
+    : config_(config::clone(parts.config)),
+      run_dir_(run_dir),
+      options_(std::move(parts.options)),
+      model_(std::move(parts.model)),
+      task_(std::move(parts.task)),
+      data_(std::move(parts.data)) {
+  TORCH_INTERNAL_ASSERT(model_ && task_ && data_.train, "Trainer: incomplete RunParts");
+  validate(options_);
   precision_ = parse_precision(options_.precision(), "train.precision");
   check_precision_supported(precision_, "train.precision");
-  early_stopping_ = EarlyStopping(options_.monitor());
-  build();
-}
-
-Trainer::~Trainer() = default;
-
-void Trainer::build() {
-  torch::manual_seed(options_.seed());
-  model_ = config::build_model(config_);
-  data_ = config::load_data(config_);
-  const int64_t train_size = data_.train.size();
+  monitor_ = options_.monitor();
+  const std::string& metric = monitor_.metric();
+  if (metric.rfind("val_", 0) != 0) {
+    throw ConfigError("train.monitor.metric: '" + metric + "' is not an evaluation metric; " +
+                      "write val_ + one of the task's metrics");
+  }
+  try {
+    const MetricInfo info = task_->metric(metric.substr(4));
+    if (monitor_.mode() == "auto") monitor_.mode(info.higher_is_better ? "max" : "min");
+  } catch (const ConfigError& e) {
+    throw ConfigError(std::string("train.monitor.metric: ") + e.what());
+  }
+  early_stopping_ = EarlyStopping(monitor_);
+  const int64_t train_size = data_.train->size();
   if (train_size < options_.batch_size()) {
     throw ConfigError("train.batch_size (" + std::to_string(options_.batch_size()) +
                       ") exceeds the " + std::to_string(train_size) + " training samples");
   }
+  task_->check_batch(data_.train->range(0, 1));
   if (options_.epochs() > 0) {
     const int64_t micro_batches_per_epoch = train_size / options_.batch_size();
     total_steps_ = (options_.epochs() * micro_batches_per_epoch + options_.grad_accumulation() - 1) /
@@ -230,10 +180,11 @@ void Trainer::build() {
   } else {
     total_steps_ = options_.max_steps();
   }
-  std::vector<at::Tensor> params = model_->parameters();
-  optimizer_ = make_optimizer(params, options_.optimizer());
-  epoch_order_ = epoch_permutation(options_.seed(), epoch_, train_size);
+  optimizer_ = build_optimizer(*model_, options_.optimizer());
+  epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, train_size);
 }
+
+Trainer::~Trainer() = default;
 
 void Trainer::set_console(ConsoleMode mode, std::ostream& out) {
   console_mode_ = mode;
@@ -241,7 +192,7 @@ void Trainer::set_console(ConsoleMode mode, std::ostream& out) {
 }
 
 bool Trainer::epoch_exhausted() const {
-  return cursor_ + options_.batch_size() > data_.train.size();
+  return cursor_ + options_.batch_size() > data_.train->size();
 }
 
 void Trainer::write_epoch_line() {
@@ -251,44 +202,43 @@ void Trainer::write_epoch_line() {
   append_metrics(nlohmann::json{{"kind", "epoch"},
                                 {"epoch", epoch_},
                                 {"step", step_},
-                                {"moe_layers", tally_json(epoch_tally_)}}
-                     .dump());
+                                {"moe_layers", tally_json(epoch_tally_)}});
   for (auto& tally : epoch_tally_) tally.clear();
 }
 
-at::Tensor Trainer::next_batch() {
+// The samples at (epoch, cursor) of the run's order, augmented; the order of an epoch depends
+// only on (seed, epoch), so resume regenerates it.
+data::Batch Trainer::next_batch() {
   if (epoch_exhausted()) {  // drop the last partial batch, start the next epoch
     write_epoch_line();
     ++epoch_;
     cursor_ = 0;
-    epoch_order_ = epoch_permutation(options_.seed(), epoch_, data_.train.size());
+    epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, data_.train->size());
   }
-  at::Tensor rows = epoch_order_.narrow(0, cursor_, options_.batch_size());
+  const at::Tensor rows = epoch_order_.narrow(0, cursor_, options_.batch_size());
   cursor_ += options_.batch_size();
-  return rows;
+  data::Batch batch = data_.train->rows(rows);
+  return data_.augment ? data_.augment(std::move(batch)) : batch;
 }
 
 double Trainer::seconds_trained() const {
   return seconds_before_ + std::chrono::duration<double>(Clock::now() - process_start_).count();
 }
 
-void Trainer::append_metrics(const std::string& line) {
-  std::ofstream out(fs::path(run_dir_) / "metrics.jsonl", std::ios::app);
-  if (!out) throw std::runtime_error(run_dir_ + "/metrics.jsonl: cannot append");
-  out << line << "\n";
-}
+void Trainer::append_metrics(const nlohmann::json& line) { train::append_metrics(run_dir_, line); }
 
 TrainSummary Trainer::run(int64_t stop_at_step) {
   const int64_t last = stop_at_step > 0 ? std::min(stop_at_step, total_steps_) : total_steps_;
   const double max_seconds = parse_duration(options_.max_time(), "train.max_time");
   const double checkpoint_seconds = options_.checkpoint_every_minutes() * 60.0;
-  const int64_t eval_batch = std::max<int64_t>(options_.batch_size(), 256);
+  const int64_t eval_batch = eval_batch_size(options_.batch_size());
   TrainSummary summary;
   summary.total_steps = total_steps_;
   model_->train();
-  double interval_loss = 0, interval_task = 0, interval_aux = 0, interval_correct = 0;
+  double interval_loss = 0, interval_task = 0, interval_aux = 0;
   double running_loss = std::nan("");
-  int64_t interval_samples = 0, interval_steps = 0;
+  int64_t interval_steps = 0;
+  std::unique_ptr<MetricAccumulator> interval_metrics = task_->accumulator();
   process_start_ = Clock::now();
   const int64_t first_step = step_;
   auto interval_start = Clock::now(), last_checkpoint_time = Clock::now(), last_draw = Clock::now();
@@ -317,50 +267,40 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
   while (step_ < last && stop == StopReason::kCompleted) {
     const double lr = learning_rate_at(step_, total_steps_, options_.optimizer().lr(),
                                        options_.schedule());
-    set_learning_rate(*optimizer_, lr);
-    optimizer_->zero_grad();
+    optimizer_.set_learning_rate(step_, total_steps_, options_.schedule());
     std::vector<nn::MoEOutput> routing;
-    bool finite = true;
-    for (int64_t micro = 0; micro < options_.grad_accumulation(); ++micro) {
-      data::LabelledSet batch = data_.train.rows(next_batch());
-      if (data_.augment) batch.inputs = data_.augment(batch.inputs);
-      at::Tensor sample_loss, task, loss;
-      models::ModelOutput out;
-      {
-        AutocastScope autocast(precision_);
-        out = model_->forward(batch.inputs);
-        sample_loss = at::cross_entropy_loss(out.logits.to(at::kFloat), batch.labels, {},
-                                             at::Reduction::None);
-        task = sample_loss.mean();
-        loss = task + out.aux_loss.to(at::kFloat);
-      }
-      (loss / static_cast<double>(options_.grad_accumulation())).backward();
-      interval_tally_.resize(out.moe_layers.size());
-      epoch_tally_.resize(out.moe_layers.size());
-      for (size_t l = 0; l < out.moe_layers.size(); ++l) {
-        interval_tally_[l].add(out.moe_layers[l].stats, sample_loss);
-        epoch_tally_[l].add(out.moe_layers[l].stats, sample_loss);
-      }
-      const double loss_value = loss.item<double>();
-      interval_loss += loss_value;
-      interval_task += task.item<double>();
-      interval_aux += out.aux_loss.item<double>();
-      interval_correct += out.logits.argmax(-1).eq(batch.labels).sum().item<double>();
-      interval_samples += batch.size();
-      finite = finite && std::isfinite(loss_value);
-      if (std::isfinite(loss_value)) {
-        running_loss = std::isnan(running_loss) ? loss_value : 0.95 * running_loss + 0.05 * loss_value;
-      }
-      routing = std::move(out.moe_layers);
-    }
-    finite = finite && gradients_are_finite(*model_);
-    if (!finite) {
-      optimizer_->zero_grad();
+    std::vector<models::ModelAuxTerm> last_model_terms;
+    StepOptions step_options;
+    step_options.grad_accumulation = options_.grad_accumulation();
+    step_options.clip_grad_norm = options_.clip_grad_norm();
+    step_options.precision = precision_;
+    step_options.routing_bias_scale = lr / options_.optimizer().lr();
+    const StepResult step = train_step(
+        *model_, *optimizer_.optimizer, *task_, [this] { return next_batch(); }, step_options,
+        [&](const MicroBatch& micro) {
+          interval_tally_.resize(micro.output.moe_layers.size());
+          epoch_tally_.resize(micro.output.moe_layers.size());
+          for (size_t l = 0; l < micro.output.moe_layers.size(); ++l) {
+            interval_tally_[l].add(micro.output.moe_layers[l].stats, micro.sample_loss);
+            epoch_tally_[l].add(micro.output.moe_layers[l].stats, micro.sample_loss);
+          }
+          interval_metrics->add(micro.output, micro.batch, micro.sample_loss);
+          const double loss_value = micro.loss.item<double>();
+          if (std::isfinite(loss_value)) {
+            running_loss =
+                std::isnan(running_loss) ? loss_value : 0.95 * running_loss + 0.05 * loss_value;
+          }
+          routing = micro.output.moe_layers;
+          last_model_terms = micro.output.model_terms;
+        });
+    interval_loss += step.loss_sum;
+    interval_task += step.task_loss_sum;
+    interval_aux += step.aux_loss_sum;
+    if (!step.finite) {
       ++nonfinite_total_;
       append_metrics(nlohmann::json{{"kind", "skip"},
                                     {"step", step_},
-                                    {"nonfinite_in_a_row", ++nonfinite_in_a_row_}}
-                         .dump());
+                                    {"nonfinite_in_a_row", ++nonfinite_in_a_row_}});
       if (nonfinite_in_a_row_ >= options_.max_nonfinite_steps()) {
         save_checkpoint();
         throw TrainingError(
@@ -377,15 +317,6 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
       continue;
     }
     nonfinite_in_a_row_ = 0;
-    if (options_.clip_grad_norm() > 0) {
-      torch::nn::utils::clip_grad_norm_(model_->parameters(), options_.clip_grad_norm());
-    }
-    optimizer_->step();
-    for (auto& child : model_->modules(/*include_self=*/false)) {
-      if (auto* moe = dynamic_cast<nn::MoELayerImpl*>(child.get())) {
-        moe->update_routing_bias(lr / options_.optimizer().lr());
-      }
-    }
     ++step_;
     ++interval_steps;
     // Before any checkpoint of this step, so a resumed run does not write the line again.
@@ -395,55 +326,59 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
       const double seconds = std::chrono::duration<double>(Clock::now() - interval_start).count();
       const double micro_batches = static_cast<double>(interval_steps * options_.grad_accumulation());
       summary.final_train_loss = interval_loss / micro_batches;
-      const double accuracy = interval_correct / interval_samples;
-      const double samples_per_s = interval_samples / std::max(seconds, 1e-9);
-      append_metrics(nlohmann::json{{"kind", "train"},
-                                    {"step", step_},
-                                    {"epoch", epoch_},
-                                    {"loss", summary.final_train_loss},
-                                    {"task_loss", interval_task / micro_batches},
-                                    {"aux_loss", interval_aux / micro_batches},
-                                    {"accuracy", accuracy},
-                                    {"lr", lr},
-                                    {"skipped_steps", nonfinite_total_},
-                                    {"samples_per_s", samples_per_s},
-                                    {"moe_layers", routing_json(routing, interval_tally_)}}
-                         .dump());
+      const Metrics train_metrics = interval_metrics->result();
+      const double samples_per_s =
+          static_cast<double>(train_metrics.samples) / std::max(seconds, 1e-9);
+      nlohmann::json line{{"kind", "train"},
+                          {"step", step_},
+                          {"epoch", epoch_},
+                          {"loss", summary.final_train_loss},
+                          {"task_loss", interval_task / micro_batches},
+                          {"aux_loss", interval_aux / micro_batches},
+                          {"lr", lr},
+                          {"skipped_steps", nonfinite_total_},
+                          {"samples_per_s", samples_per_s},
+                          {"moe_layers", routing_json(routing, interval_tally_)}};
+      std::string shown;  // the task's metrics besides the loss, for the console
+      for (const auto& [name, value] : train_metrics.values) {
+        if (name == "loss") continue;
+        line[name] = value;
+        shown += fmt::format("  {} {:.4f}", name, value);
+      }
+      for (const auto& term : last_model_terms) line["aux_terms"][term.name] = term.value.item<double>();
+      append_metrics(line);
       for (auto& tally : interval_tally_) tally.clear();
       if (console_mode_ == ConsoleMode::kLines) {
-        say(fmt::format("step {}/{}  loss {:.4f}  accuracy {:.4f}  lr {:.3g}  {:.0f} samples/s  "
-                        "elapsed {}",
-                        step_, total_steps_, summary.final_train_loss, accuracy, lr,
-                        samples_per_s, format_clock(seconds_trained())));
+        say(fmt::format("step {}/{}  loss {:.4f}{}  lr {:.3g}  {:.0f} samples/s  elapsed {}",
+                        step_, total_steps_, summary.final_train_loss, shown, lr, samples_per_s,
+                        format_clock(seconds_trained())));
       }
-      interval_loss = interval_task = interval_aux = interval_correct = 0;
-      interval_samples = interval_steps = 0;
+      interval_loss = interval_task = interval_aux = 0;
+      interval_steps = 0;
+      interval_metrics = task_->accumulator();
       interval_start = Clock::now();
     }
 
-    const bool evaluate_now = data_.val.size() > 0 &&
+    const bool evaluate_now = data::size_of(data_.val) > 0 &&
                               ((options_.eval_every() > 0 && step_ % options_.eval_every() == 0) ||
                                step_ == total_steps_ ||
                                (options_.eval_each_epoch() && epoch_exhausted()));
     if (evaluate_now) {
-      const Evaluation result = evaluate(*model_, data_.val, eval_batch, precision_);
+      const Evaluation result = evaluate(*model_, *data_.val, *task_, eval_batch, precision_);
       model_->train();
       summary.evaluated = true;
-      summary.val_loss = result.loss;
-      summary.val_accuracy = result.accuracy;
-      const double monitored =
-          options_.monitor().metric() == "val_accuracy" ? result.accuracy : result.loss;
+      summary.val = result.metrics;
+      const double monitored = result.metric(monitor_.metric().substr(4));
       const bool improved = early_stopping_.update(monitored, step_);
-      append_metrics(nlohmann::json{{"kind", "eval"},
-                                    {"step", step_},
-                                    {"epoch", epoch_},
-                                    {"val_loss", result.loss},
-                                    {"val_accuracy", result.accuracy},
-                                    {"best_step", early_stopping_.best_step()}}
-                         .dump());
-      say(fmt::format("eval step {}: val loss {:.4f}, val accuracy {:.4f}{}", step_, result.loss,
-                      result.accuracy, improved ? " (best)" : ""));
-      if (improved && options_.monitor().keep_best()) save_checkpoint();
+      nlohmann::json line{{"kind", "eval"},
+                          {"step", step_},
+                          {"epoch", epoch_},
+                          {"best_step", early_stopping_.best_step()}};
+      add_metrics(line, "val_", result.metrics);
+      append_metrics(line);
+      say(fmt::format("eval step {}: {}{}", step_, format_metrics(*task_, result.metrics, "val "),
+                      improved ? " (best)" : ""));
+      if (improved && monitor_.keep_best()) save_checkpoint();
     }
 
     if (early_stopping_.should_stop()) {
@@ -469,9 +404,10 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
   if (console_mode_ == ConsoleMode::kProgressBar) *console_ << "\n";
   const bool finished = step_ == total_steps_ || stop == StopReason::kEarlyStopping;
   if (step_ > first_step && finished) {
-    const data::LabelledSet& set = data_.test.size() > 0 ? data_.test : data_.val;
-    if (set.size() > 0) {
-      const Evaluation test = evaluate(*model_, set, eval_batch, precision_,
+    const bool has_test = data::size_of(data_.test) > 0;
+    const std::shared_ptr<data::DataSource>& set = has_test ? data_.test : data_.val;
+    if (data::size_of(set) > 0) {
+      const Evaluation test = evaluate(*model_, *set, *task_, eval_batch, precision_,
                                        static_cast<int64_t>(data_.class_names.size()));
       model_->train();
       nlohmann::json layers = nlohmann::json::array();
@@ -483,24 +419,22 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
           rows.emplace_back(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
         }
         layers.push_back({{"class_expert", rows},
-                          {"mutual_information", analysis::mutual_information(counts)},
-                          {"expert_loss", analysis::to_json_numbers(test.expert_loss[l].mean_loss())},
-                          {"samples", analysis::to_json_numbers(test.expert_loss[l].counts())}});
+                          {"mutual_information", mutual_information(counts)},
+                          {"expert_loss", to_json_numbers(test.expert_loss[l].mean_loss())},
+                          {"samples", to_json_numbers(test.expert_loss[l].counts())}});
       }
-      append_metrics(nlohmann::json{{"kind", "test"},
-                                    {"step", step_},
-                                    {"split", data_.test.size() > 0 ? "test" : "val"},
-                                    {"loss", test.loss},
-                                    {"accuracy", test.accuracy},
-                                    {"samples", test.samples},
-                                    {"class_names", data_.class_names},
-                                    {"moe_layers", layers}}
-                         .dump());
-      say(fmt::format("{} split: loss {:.4f}, accuracy {:.4f}", data_.test.size() > 0 ? "test" : "val",
-                      test.loss, test.accuracy));
+      nlohmann::json line{{"kind", "test"},
+                          {"step", step_},
+                          {"split", has_test ? "test" : "val"},
+                          {"samples", test.samples()},
+                          {"class_names", data_.class_names},
+                          {"moe_layers", layers}};
+      add_metrics(line, "", test.metrics);
+      append_metrics(line);
+      say(fmt::format("{} split: {}", has_test ? "test" : "val",
+                      format_metrics(*task_, test.metrics, "")));
       summary.tested = true;
-      summary.test_loss = test.loss;
-      summary.test_accuracy = test.accuracy;
+      summary.test = test.metrics;
     }
   }
   summary.steps = step_;
@@ -513,7 +447,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
 }
 
 void Trainer::save_checkpoint() {
-  const fs::path directory = fs::path(run_dir_) / kCheckpointDir / checkpoint_name(step_);
+  const fs::path directory = checkpoint_path(run_dir_, step_);
   last_checkpoint_ = directory.string();
   if (fs::exists(directory)) return;  // this step is saved already
   FileWriters files{
@@ -521,7 +455,7 @@ void Trainer::save_checkpoint() {
       {"optimizer.pt",
        [&](const std::string& p) {
          torch::serialize::OutputArchive archive;
-         optimizer_->save(archive);
+         optimizer_.optimizer->save(archive);
          archive.save_to(p);
        }},
       {"rng.safetensors",
@@ -543,14 +477,9 @@ void Trainer::save_checkpoint() {
                        for (const auto& tally : epoch_tally_) states.push_back(tally.state());
                        return states;
                      }()}});
-  const bool keep_best = options_.monitor().keep_best() && early_stopping_.has_best();
-  const std::string best_name = keep_best ? checkpoint_name(early_stopping_.best_step()) : "";
-  auto dirs = checkpoint_dirs(run_dir_);
-  int64_t newer = 0;  // checkpoints newer than the one looked at, the kept best excluded
-  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
-    if (it->filename() == best_name) continue;
-    if (++newer > options_.keep_last()) fs::remove_all(*it);
-  }
+  const bool keep_best = monitor_.keep_best() && early_stopping_.has_best();
+  prune_checkpoints(run_dir_, options_.keep_last(),
+                    keep_best ? checkpoint_name(early_stopping_.best_step()) : "");
 }
 
 // `directory` has just been verified (latest_checkpoint).
@@ -569,53 +498,28 @@ void Trainer::load_checkpoint(const std::string& directory) {
     epoch_tally_.emplace_back();
     epoch_tally_.back().load_state(state);
   }
-  epoch_order_ = epoch_permutation(options_.seed(), epoch_, data_.train.size());
+  epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, data_.train->size());
   load_module_weights(*model_, directory + "/model.safetensors");
   torch::serialize::InputArchive archive;
   archive.load_from(directory + "/optimizer.pt");
-  optimizer_->load(archive);
+  optimizer_.optimizer->load(archive);
   at::Tensor rng = io::load_safetensors(directory + "/rng.safetensors").tensors.at("cpu");
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(rng);
   last_checkpoint_ = directory;
 }
 
-std::unique_ptr<Trainer> Trainer::resume(const std::string& run_dir,
-                                         const std::vector<std::string>& overrides) {
-  const std::string directory = latest_checkpoint(run_dir);
-  if (directory.empty()) {
-    throw CheckpointError(run_dir + ": no complete checkpoint to resume from");
-  }
-  YAML::Node config = config::load_file(directory + "/config.yaml");
-  const auto& allowed = resume_overridable_keys();
-  for (const auto& assignment : overrides) {
-    const std::string key = assignment.substr(0, assignment.find('='));
-    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
-      std::string list;
-      for (const auto& k : allowed) list += (list.empty() ? "" : ", ") + k;
-      throw ConfigError(key + ": cannot change on resume (the continued run would differ from "
-                        "its checkpoint); a resume may change " + list);
-    }
-    config::apply_override(config, assignment);
-  }
-  std::unique_ptr<Trainer> trainer(new Trainer(config, run_dir, Resumed{}));
-  trainer->load_checkpoint(directory);
-  if (!overrides.empty()) {
-    std::ofstream(fs::path(run_dir) / "config.yaml") << YAML::Dump(trainer->config_) << "\n";
+std::unique_ptr<Trainer> Trainer::resume(RunParts parts, const std::string& run_dir,
+                                         const std::string& checkpoint) {
+  const bool config_changed = YAML::Dump(parts.config) !=
+                              YAML::Dump(config::load_file(checkpoint + "/" + kRunConfigFile));
+  std::unique_ptr<Trainer> trainer(new Trainer(std::move(parts), run_dir, Resumed{}));
+  trainer->load_checkpoint(checkpoint);
+  if (config_changed) {
+    std::ofstream(fs::path(run_dir) / kRunConfigFile) << YAML::Dump(trainer->config_) << "\n";
   }
   // Metric lines written after the checkpoint belong to a future that is now rewritten.
-  const fs::path metrics = fs::path(run_dir) / "metrics.jsonl";
-  if (fs::exists(metrics)) {
-    std::ifstream in(metrics);
-    std::vector<std::string> kept;
-    for (std::string line; std::getline(in, line);) {
-      if (line.empty()) continue;
-      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= trainer->step_) kept.push_back(line);
-    }
-    in.close();
-    std::ofstream out(metrics, std::ios::trunc);
-    for (const auto& line : kept) out << line << "\n";
-  }
+  truncate_metrics(run_dir, trainer->step_);
   return trainer;
 }
 

@@ -3,7 +3,8 @@
 #include <fstream>
 
 #include "moelab/analysis/study.h"
-#include "moelab/config/run_config.h"
+#include "moelab/run/run.h"
+#include "moelab/run/run_config.h"
 #include "moelab/models/vision.h"
 #include "moelab/util/errors.h"
 #include "support/fixtures.h"
@@ -38,7 +39,7 @@ TEST_F(StudyPlanTest, DenseBaselinesMatchTheReferenceWithinFivePercent) {
   EXPECT_EQ(plan.runs[0].first, "iso_flops");
   std::map<std::string, moelab::models::ModelCost> costs;
   for (const auto& [name, text] : plan.runs) {
-    costs[name] = moelab::config::build_model(YAML::Load(text))->cost();
+    costs[name] = moelab::run::build_model(YAML::Load(text))->cost();
   }
   EXPECT_NEAR(costs["iso_flops"].flops_per_sample, costs["moe"].flops_per_sample,
               0.05 * costs["moe"].flops_per_sample);

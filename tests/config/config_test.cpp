@@ -4,7 +4,8 @@
 #include <fstream>
 
 #include "moelab/config/config.h"
-#include "moelab/config/options_io.h"
+#include "moelab/config/fields.h"
+#include "moelab/nn/options_yaml.h"
 #include "moelab/util/errors.h"
 #include "support/fixtures.h"
 
@@ -77,7 +78,7 @@ TEST_F(ConfigTest, NearestSuggestsCloseKeysOnly) {
 }
 
 TEST_F(ConfigTest, MoELayerOptionsRoundTripWithEveryDefault) {
-  YAML::Node node = cfg::to_yaml(moelab::nn::MoELayerOptions(16, 32, 4));
+  YAML::Node node = moelab::nn::to_yaml(moelab::nn::MoELayerOptions(16, 32, 4));
   EXPECT_EQ(node["d_model"].as<int>(), 16);
   EXPECT_EQ(node["num_experts"].as<int>(), 4);
   EXPECT_EQ(node["router"]["kind"].as<std::string>(), "top_k");
@@ -88,7 +89,7 @@ TEST_F(ConfigTest, MoELayerOptionsRoundTripWithEveryDefault) {
   EXPECT_FALSE(node["router"]["d_model"]) << "sizes are stated once, at the top";
 
   moelab::nn::MoELayerOptions options(1, 1, 1);
-  cfg::from_yaml(YAML::Load(R"(
+  moelab::nn::from_yaml(YAML::Load(R"(
     d_model: 8
     d_ff: 12
     num_experts: 6
@@ -110,14 +111,14 @@ TEST_F(ConfigTest, MoELayerOptionsRoundTripWithEveryDefault) {
   EXPECT_EQ(layer->experts->w_in.size(1), 12);
 
   moelab::nn::MoELayerOptions again(1, 1, 1);
-  cfg::from_yaml(cfg::to_yaml(options), again, "model.moe");
-  EXPECT_EQ(YAML::Dump(cfg::to_yaml(again)), YAML::Dump(cfg::to_yaml(options)));
+  moelab::nn::from_yaml(moelab::nn::to_yaml(options), again, "model.moe");
+  EXPECT_EQ(YAML::Dump(moelab::nn::to_yaml(again)), YAML::Dump(moelab::nn::to_yaml(options)));
 }
 
 TEST_F(ConfigTest, MoELayerOptionsRejectUnknownKeysAndWrongTypes) {
   moelab::nn::MoELayerOptions options(8, 16, 4);
   auto read = [&](const std::string& text) {
-    return config_error([&] { cfg::from_yaml(YAML::Load(text), options, "model.moe"); });
+    return config_error([&] { moelab::nn::from_yaml(YAML::Load(text), options, "model.moe"); });
   };
   EXPECT_EQ(read("router: {topk: 2}"),
             "model.moe.router.topk: unknown key; did you mean 'model.moe.router.top_k'?");
@@ -143,4 +144,16 @@ TEST(ConfigJsonTest, ScalarsBecomeTypedJson) {
       R"({"a": 3, "b": 0.0025, "c": true, "d": "relu", "e": [1, "x"], "f": {"g": null},
           "h": "42", "i": "", "j": -7})");
   EXPECT_EQ(cfg::to_json(node), expected);
+}
+
+TEST(ConfigFieldsTest, FloatsAreWrittenInTheShortestFormThatReadsBackExactly) {
+  EXPECT_EQ(cfg::shortest_text(0.9), "0.9");
+  EXPECT_EQ(cfg::shortest_text(1e-3), "0.001");
+  EXPECT_EQ(cfg::shortest_text(2.0), "2.0");
+  EXPECT_EQ(cfg::shortest_text(1.0 / 3.0), "0.3333333333333333");
+  EXPECT_EQ(std::stod(cfg::shortest_text(1.0 / 3.0)), 1.0 / 3.0);
+  EXPECT_EQ(cfg::shortest_text(1.03125), "1.03125");
+  const std::string dumped = YAML::Dump(moelab::nn::to_yaml(
+      moelab::nn::MoELayerOptions(4, 8, 2).router(moelab::nn::RouterOptions(4, 2).temperature(0.9))));
+  EXPECT_NE(dumped.find("temperature: 0.9\n"), std::string::npos) << dumped;
 }

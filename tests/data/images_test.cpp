@@ -87,17 +87,17 @@ TEST_F(ImagesTest, FashionMnistEntryLoadsScalesAndNormalises) {
   ImageDataOptions options;
   options.root(root_.string()).normalize(false);
   Splits raw = load_image_data("fashion_mnist", options);
-  ASSERT_EQ(raw.train.inputs.sizes(), (std::vector<int64_t>{20, 1, 4, 4}));
-  EXPECT_EQ(raw.test.size(), 5);
-  EXPECT_FLOAT_EQ(raw.train.inputs[1][0][0][2].item<float>(), (16 + 2) / 255.0f);
-  EXPECT_EQ(raw.train.labels[13].item<int64_t>(), 3);
+  ASSERT_EQ(raw.train->range(0, raw.train->size()).at("inputs").sizes(), (std::vector<int64_t>{20, 1, 4, 4}));
+  EXPECT_EQ(raw.test->size(), 5);
+  EXPECT_FLOAT_EQ(raw.train->range(0, raw.train->size()).at("inputs")[1][0][0][2].item<float>(), (16 + 2) / 255.0f);
+  EXPECT_EQ(raw.train->range(0, raw.train->size()).at("targets")[13].item<int64_t>(), 3);
   EXPECT_EQ(raw.class_names.at(9), "Ankle boot");
   EXPECT_FALSE(raw.augment);
 
   Splits normalised = load_image_data("fashion_mnist", options.normalize(true).train_limit(12));
-  EXPECT_EQ(normalised.train.size(), 12);
-  EXPECT_NEAR(normalised.train.inputs.mean().item<double>(), 0.0, 1e-5);
-  EXPECT_NEAR(normalised.train.inputs.std(/*unbiased=*/false).item<double>(), 1.0, 1e-4);
+  EXPECT_EQ(normalised.train->size(), 12);
+  EXPECT_NEAR(normalised.train->range(0, normalised.train->size()).at("inputs").mean().item<double>(), 0.0, 1e-5);
+  EXPECT_NEAR(normalised.train->range(0, normalised.train->size()).at("inputs").std(/*unbiased=*/false).item<double>(), 1.0, 1e-4);
 
   EXPECT_NE(moelab::testing::error_message<moelab::DataError>(
                 [&] { load_image_data("mnist", ImageDataOptions().root(path("missing"))); })
@@ -112,19 +112,19 @@ TEST_F(ImagesTest, CifarRecordsKeepPlaneOrderAndBothLabelKinds) {
   ImageDataOptions options;
   options.root(root_.string()).normalize(false);
   Splits cifar10 = load_image_data("cifar10", options);
-  ASSERT_EQ(cifar10.train.inputs.sizes(), (std::vector<int64_t>{6, 3, 32, 32}));
-  EXPECT_TRUE(torch::equal(cifar10.train.labels, torch::tensor({3, 7, 2, 3, 4, 5}, at::kLong)));
+  ASSERT_EQ(cifar10.train->range(0, cifar10.train->size()).at("inputs").sizes(), (std::vector<int64_t>{6, 3, 32, 32}));
+  EXPECT_TRUE(torch::equal(cifar10.train->range(0, cifar10.train->size()).at("targets"), torch::tensor({3, 7, 2, 3, 4, 5}, at::kLong)));
   // record 1, channel 2 (blue), y 5, x 6: (1 + 14 + 5 + 6) = 26
-  EXPECT_FLOAT_EQ(cifar10.train.inputs[1][2][5][6].item<float>(), 26 / 255.0f);
+  EXPECT_FLOAT_EQ(cifar10.train->range(0, cifar10.train->size()).at("inputs")[1][2][5][6].item<float>(), 26 / 255.0f);
   EXPECT_EQ(cifar10.class_names.at(0), "airplane");
 
   write_cifar("train.bin", {{4, 41}, {19, 99}});
   write_cifar("test.bin", {{0, 1}});
   Splits fine = load_image_data("cifar100", options);
-  EXPECT_TRUE(torch::equal(fine.train.labels, torch::tensor({41, 99}, at::kLong)));
+  EXPECT_TRUE(torch::equal(fine.train->range(0, fine.train->size()).at("targets"), torch::tensor({41, 99}, at::kLong)));
   EXPECT_EQ(fine.class_names.size(), 100u);
   Splits coarse = load_image_data("cifar100", options.labels("coarse"));
-  EXPECT_TRUE(torch::equal(coarse.train.labels, torch::tensor({4, 19}, at::kLong)));
+  EXPECT_TRUE(torch::equal(coarse.train->range(0, coarse.train->size()).at("targets"), torch::tensor({4, 19}, at::kLong)));
   EXPECT_EQ(coarse.class_names.size(), 20u);
 
   std::filesystem::resize_file(path("test.bin"), 3000);
@@ -154,5 +154,5 @@ TEST(DataRegistryTest, ImageEntriesAreRegisteredWithTheirDefaults) {
   EXPECT_EQ(find_data("fashion_mnist").defaults()["augment"].as<bool>(), false);
   EXPECT_EQ(moelab::testing::error_message<moelab::ConfigError>([] { find_data("fashion-mnist"); }),
             "data.name: unknown data set 'fashion-mnist'; did you mean 'fashion_mnist'? "
-            "(registered: synthetic_mixture fashion_mnist mnist cifar10 cifar100)");
+            "(registered: synthetic_mixture synthetic_regression fashion_mnist mnist cifar10 cifar100)");
 }

@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
 #include <torch/torch.h>
 
 #include "moelab/models/mlp_moe.h"
@@ -21,15 +22,15 @@ MLPMoEOptions tiny() {
 
 TEST(MLPMoETest, ForwardGivesLogitsAndEveryLayersRouting) {
   MLPMoE model(tiny());
-  auto out = model->forward(torch::randn({5, 16}));
-  EXPECT_EQ(out.logits.sizes(), at::IntArrayRef({5, 4}));
+  auto out = model->forward_inputs(torch::randn({5, 16}));
+  EXPECT_EQ(out.outputs.sizes(), at::IntArrayRef({5, 4}));
   ASSERT_EQ(out.moe_layers.size(), 2u);
   EXPECT_NEAR(out.aux_loss.item<double>(),
               out.moe_layers[0].aux_loss.item<double>() + out.moe_layers[1].aux_loss.item<double>(),
               1e-6);
-  out.logits.sum().backward();
+  out.outputs.sum().backward();
   EXPECT_GT(model->blocks[0]->experts->w_in.grad().abs().sum().item<double>(), 0.0);
-  EXPECT_THROW(model->forward(torch::randn({5, 15})), c10::Error);
+  EXPECT_THROW(model->forward_inputs(torch::randn({5, 15})), c10::Error);
 }
 
 TEST(MLPMoETest, CostMatchesAHandCount) {
@@ -49,7 +50,7 @@ TEST(MLPMoETest, CostMatchesAHandCount) {
 TEST(MLPMoETest, RegistryBuildsByNameAndRejectsUnknownNames) {
   const auto& entry = moelab::models::find_model("mlp_moe");
   auto model = entry.build(YAML::Load("{input_dim: 8, num_classes: 3, num_layers: 1}"), "model");
-  EXPECT_EQ(model->forward(torch::randn({2, 8})).logits.sizes(), at::IntArrayRef({2, 3}));
+  EXPECT_EQ(model->forward_inputs(torch::randn({2, 8})).outputs.sizes(), at::IntArrayRef({2, 3}));
   EXPECT_TRUE(entry.defaults()["moe"]["router"]["top_k"]);
   try {
     moelab::models::find_model("mlp-moe");

@@ -1,7 +1,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "moelab/config/run_config.h"
+#include "moelab/run/run.h"
+#include "moelab/run/run_config.h"
 #include "moelab/models/vision.h"
 
 using namespace moelab::models;
@@ -42,7 +43,7 @@ TEST(VisionMoETest, HardTop1RunsOnlyTheChosenExpertOnExactlyItsImages) {
   torch::manual_seed(3);
   VisionMoEImpl model(small_vision_moe(3, 1));
   const at::Tensor x = torch::randn({12, 1, 8, 8});
-  ModelOutput out = model.forward(x);
+  ModelOutput out = model.forward_inputs(x);
   const at::Tensor chosen = out.moe_layers[0].stats.indices.view({-1});
   const at::Tensor per_expert = at::bincount(chosen, {}, 3);
   const auto& rows = model.last_rows_per_expert();
@@ -55,7 +56,7 @@ TEST(VisionMoETest, HardTop1RunsOnlyTheChosenExpertOnExactlyItsImages) {
     const int64_t e = chosen[i].item<int64_t>();
     EXPECT_EQ(e, probs[i].argmax().item<int64_t>());
     const at::Tensor expected = probs[i][e] * model.experts[e]->forward(x.narrow(0, i, 1))[0];
-    EXPECT_TRUE(torch::allclose(out.logits[i], expected, 1e-5, 1e-6)) << i;
+    EXPECT_TRUE(torch::allclose(out.outputs[i], expected, 1e-5, 1e-6)) << i;
   }
 }
 
@@ -63,7 +64,7 @@ TEST(VisionMoETest, TopKMixesTheKExpertsByGateValue) {
   torch::manual_seed(4);
   VisionMoEImpl model(small_vision_moe(4, 2));
   const at::Tensor x = torch::randn({6, 1, 8, 8});
-  ModelOutput out = model.forward(x);
+  ModelOutput out = model.forward_inputs(x);
   torch::NoGradGuard no_grad;
   const at::Tensor probs = torch::softmax(model.router_network->forward(x), -1);
   const auto top = probs.topk(2, -1);
@@ -73,7 +74,7 @@ TEST(VisionMoETest, TopKMixesTheKExpertsByGateValue) {
       const int64_t e = std::get<1>(top)[i][j].item<int64_t>();
       expected += std::get<0>(top)[i][j] * model.experts[e]->forward(x.narrow(0, i, 1))[0];
     }
-    EXPECT_TRUE(torch::allclose(out.logits[i], expected, 1e-5, 1e-6)) << i;
+    EXPECT_TRUE(torch::allclose(out.outputs[i], expected, 1e-5, 1e-6)) << i;
   }
   int64_t slots = 0;
   for (int64_t r : model.last_rows_per_expert()) slots += r;
@@ -83,15 +84,15 @@ TEST(VisionMoETest, TopKMixesTheKExpertsByGateValue) {
 TEST(VisionMoETest, OneExpertTop1IsTheExpertAlone) {
   VisionMoEImpl model(small_vision_moe(1, 1));
   const at::Tensor x = torch::randn({5, 1, 8, 8});
-  const at::Tensor out = model.forward(x).logits;
+  const at::Tensor out = model.forward_inputs(x).outputs;
   torch::NoGradGuard no_grad;
   EXPECT_TRUE(torch::allclose(out, model.experts[0]->forward(x), 1e-6, 1e-7));
 }
 
 TEST(VisionMoETest, TheRouterLearnsThroughTheGateValue) {
   VisionMoEImpl model(small_vision_moe(3, 1));
-  ModelOutput out = model.forward(torch::randn({8, 1, 8, 8}));
-  at::cross_entropy_loss(out.logits, torch::randint(0, 3, {8}, at::kLong)).backward();
+  ModelOutput out = model.forward_inputs(torch::randn({8, 1, 8, 8}));
+  at::cross_entropy_loss(out.outputs, torch::randint(0, 3, {8}, at::kLong)).backward();
   EXPECT_GT(model.router_network->score->weight.grad().abs().sum().item<double>(), 0.0);
 }
 
@@ -129,19 +130,19 @@ TEST(ResNet18Test, HasTheKnownParameterCountAndShapes) {
   // The CIFAR ResNet-18 with 10 classes has 11,173,962 parameters.
   EXPECT_EQ(ResNet18Impl(ResNet18Options()).cost().parameters_total, 11173962);
   ResNet18Impl narrow(ResNet18Options().width(4));
-  EXPECT_EQ(narrow.forward(torch::randn({2, 3, 32, 32})).logits.sizes(), (std::vector<int64_t>{2, 10}));
-  EXPECT_THROW(narrow.forward(torch::randn({2, 1, 28, 28})), c10::Error);
+  EXPECT_EQ(narrow.forward_inputs(torch::randn({2, 3, 32, 32})).outputs.sizes(), (std::vector<int64_t>{2, 10}));
+  EXPECT_THROW(narrow.forward_inputs(torch::randn({2, 1, 28, 28})), c10::Error);
 }
 
 TEST(VisionRegistryTest, ConfigBuildsEachVisionModel) {
   for (const char* name : {"vision_moe", "cnn", "resnet18"}) {
-    auto config = moelab::config::resolve_run_config({}, {std::string("model.name=") + name});
-    EXPECT_NE(moelab::config::build_model(config), nullptr) << name;
+    auto config = moelab::run::resolve_run_config({}, {std::string("model.name=") + name});
+    EXPECT_NE(moelab::run::build_model(config), nullptr) << name;
   }
-  auto config = moelab::config::resolve_run_config(
+  auto config = moelab::run::resolve_run_config(
       {}, {"model.name=vision_moe", "model.num_experts=8", "model.router.top_k=2",
            "model.expert.width=8"});
-  auto model = std::dynamic_pointer_cast<VisionMoEImpl>(moelab::config::build_model(config));
+  auto model = std::dynamic_pointer_cast<VisionMoEImpl>(moelab::run::build_model(config));
   ASSERT_NE(model, nullptr);
   EXPECT_EQ(model->options.num_experts(), 8);
   EXPECT_EQ(model->experts[0]->options.width(), 8);

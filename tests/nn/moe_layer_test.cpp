@@ -149,12 +149,14 @@ TEST(MoELayerTest, AuxLossIsTheWeightedSumOfReportedTerms) {
   auto out = layer->forward(torch::randn({10, 4}));
   const auto& t = out.aux_terms;
   EXPECT_NEAR(out.aux_loss.item<double>(),
-              0.5 * t.load_balance.item<double>() + 0.25 * t.z_loss.item<double>(), 1e-6);
-  // Terms with weight 0 are reported without a graph.
-  EXPECT_GT(t.usage_mse.item<double>(), 0.0);
-  EXPECT_FALSE(t.usage_mse.requires_grad());
-  EXPECT_TRUE(t.load_balance.requires_grad());
-  EXPECT_NEAR(t.entropy.item<double>(), out.stats.token_entropy.item<double>(), 1e-6);
+              0.5 * t.at("load_balance").item<double>() + 0.25 * t.at("z_loss").item<double>(),
+              1e-6);
+  // Every registered term is reported by name; terms with weight 0 without a graph.
+  EXPECT_EQ(t.size(), moelab::nn::aux_term_registry().size());
+  EXPECT_GT(t.at("usage_mse").item<double>(), 0.0);
+  EXPECT_FALSE(t.at("usage_mse").requires_grad());
+  EXPECT_TRUE(t.at("load_balance").requires_grad());
+  EXPECT_NEAR(t.at("entropy").item<double>(), out.stats.token_entropy.item<double>(), 1e-6);
 }
 
 TEST(MoELayerTest, StatisticsDescribeTheRouting) {

@@ -42,10 +42,10 @@ TEST(EarlyStoppingTest, MaxModeAndStateRoundTrip) {
   EXPECT_FALSE(never.should_stop());
 }
 
-TEST(EarlyStoppingTest, RejectsUnknownMetricAndMode) {
+TEST(EarlyStoppingTest, RejectsUnknownMode) {
   EXPECT_EQ(moelab::testing::error_message<moelab::ConfigError>(
-                [] { validate(MonitorOptions().metric("val_los"), "train.monitor"); }),
-            "train.monitor.metric: unknown metric 'val_los'; expected val_loss or val_accuracy");
+                [] { validate(MonitorOptions().mode("lowest"), "train.monitor"); }),
+            "train.monitor.mode: expected auto, min or max, got 'lowest'");
   EXPECT_THROW(validate(MonitorOptions().mode("lowest"), "m"), moelab::ConfigError);
   EXPECT_THROW(validate(MonitorOptions().patience(-1), "m"), moelab::ConfigError);
 }

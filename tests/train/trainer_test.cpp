@@ -10,7 +10,8 @@
 #include <thread>
 #include <unistd.h>
 
-#include "moelab/config/run_config.h"
+#include "moelab/run/run.h"
+#include "moelab/run/run_config.h"
 #include "moelab/io/safetensors.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/schedule.h"
@@ -33,7 +34,7 @@ class TrainerTest : public moelab::testing::TempDirTest {
   // A tiny run: noisy routing (so the RNG state matters), AdamW, cosine schedule with warmup,
   // gradient accumulation and clipping.
   static YAML::Node tiny_config(int64_t max_steps) {
-    return moelab::config::resolve_run_config(
+    return moelab::run::resolve_run_config(
         {}, {"model.input_dim=8", "model.num_classes=3", "model.num_layers=2",
              "model.moe.d_model=16", "model.moe.d_ff=32", "model.moe.num_experts=4",
              "model.moe.router.kind=noisy_top_k", "model.moe.router.top_k=2",
@@ -95,7 +96,8 @@ TEST(ScheduleTest, MatchesHandComputedRates) {
 }
 
 TEST_F(TrainerTest, LossFallsAndTheRunDirectoryIsComplete) {
-  Trainer trainer(tiny_config(40), dir("run"));
+  auto trainer_run = moelab::run::start_run(tiny_config(40), dir("run"));
+  Trainer& trainer = *trainer_run;
   auto summary = trainer.run();
   EXPECT_EQ(summary.steps, 40);
   auto lines = metrics(dir("run"));
@@ -132,16 +134,18 @@ TEST_F(TrainerTest, LossFallsAndTheRunDirectoryIsComplete) {
 
 TEST_F(TrainerTest, ResumeIsBitwiseExact) {
   {
-    Trainer straight(tiny_config(40), dir("straight"));
+    auto straight_run = moelab::run::start_run(tiny_config(40), dir("straight"));
+    Trainer& straight = *straight_run;
     straight.run();
   }
   {
-    Trainer first_half(tiny_config(40), dir("resumed"));
+    auto first_half_run = moelab::run::start_run(tiny_config(40), dir("resumed"));
+    Trainer& first_half = *first_half_run;
     first_half.run(/*stop_at_step=*/20);
   }
   // Something a crashed run could leave behind: a metric line past the checkpoint.
   std::ofstream(dir("resumed") + "/metrics.jsonl", std::ios::app) << R"({"kind":"train","step":21})" << "\n";
-  auto resumed = Trainer::resume(dir("resumed"));
+  auto resumed = moelab::run::resume_run(dir("resumed"));
   EXPECT_EQ(resumed->step(), 20);
   resumed->run();
 
@@ -156,12 +160,13 @@ TEST_F(TrainerTest, ResumeIsBitwiseExact) {
 
 TEST_F(TrainerTest, RefusesToOverwriteARunAndNeedsACheckpointToResume) {
   {
-    Trainer trainer(tiny_config(5), dir("run"));
+    auto trainer_run = moelab::run::start_run(tiny_config(5), dir("run"));
+    Trainer& trainer = *trainer_run;
     trainer.run();
   }
-  EXPECT_THROW(Trainer(tiny_config(5), dir("run")), moelab::ConfigError);
+  EXPECT_THROW(moelab::run::start_run(tiny_config(5), dir("run")), moelab::ConfigError);
   fs::create_directories(dir("empty"));
-  EXPECT_THROW(Trainer::resume(dir("empty")), moelab::CheckpointError);
+  EXPECT_THROW(moelab::run::resume_run(dir("empty")), moelab::CheckpointError);
   // A damaged newest checkpoint is skipped for the previous one... here there is none left.
   fs::resize_file(dir("run") + "/checkpoints/step-00000005/model.safetensors", 10);
   EXPECT_EQ(latest_checkpoint(dir("run")), "");
@@ -176,7 +181,8 @@ TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenTheRunStopsWithItsStateSaved) {
   config["train"]["clip_grad_norm"] = 0.0;
   config["train"]["schedule"]["warmup_steps"] = 0;
   config["train"]["max_nonfinite_steps"] = 3;
-  Trainer trainer(config, dir("run"));
+  auto trainer_run = moelab::run::start_run(config, dir("run"));
+  Trainer& trainer = *trainer_run;
   const std::string message =
       moelab::testing::error_message<moelab::TrainingError>([&] { trainer.run(); });
   EXPECT_NE(message.find("3 steps in a row had a non-finite loss or gradient"), std::string::npos)
@@ -200,7 +206,8 @@ TEST_F(TrainerTest, EarlyStoppingStopsAfterPatienceAndKeepsTheBestCheckpoint) {
   config["train"]["keep_last"] = 1;
   config["train"]["monitor"]["min_delta"] = 100.0;  // nothing improves on the first evaluation
   config["train"]["monitor"]["patience"] = 2;
-  Trainer trainer(config, dir("run"));
+  auto trainer_run = moelab::run::start_run(config, dir("run"));
+  Trainer& trainer = *trainer_run;
   const TrainSummary summary = trainer.run();
   EXPECT_EQ(summary.stop_reason, StopReason::kEarlyStopping);
   EXPECT_EQ(summary.steps, 15);
@@ -213,10 +220,10 @@ TEST_F(TrainerTest, EarlyStoppingStopsAfterPatienceAndKeepsTheBestCheckpoint) {
   EXPECT_EQ(best_checkpoint(dir("run")), dir("run") + "/checkpoints/step-00000005");
   // The early-stopping state is in the checkpoint: a resume stops again at once, unless it
   // raises the patience.
-  const TrainSummary again = Trainer::resume(dir("run"))->run();
+  const TrainSummary again = moelab::run::resume_run(dir("run"))->run();
   EXPECT_EQ(again.stop_reason, StopReason::kEarlyStopping);
   EXPECT_EQ(again.steps, 15);
-  EXPECT_EQ(Trainer::resume(dir("run"), {"train.monitor.patience=3"})->run().steps, 20);
+  EXPECT_EQ(moelab::run::resume_run(dir("run"), {"train.monitor.patience=3"})->run().steps, 20);
 }
 
 TEST_F(TrainerTest, KeepsTheLastKPlusTheBest) {
@@ -227,7 +234,7 @@ TEST_F(TrainerTest, KeepsTheLastKPlusTheBest) {
   config["train"]["monitor"]["metric"] = "val_accuracy";
   config["train"]["monitor"]["mode"] = "max";
   config["train"]["monitor"]["min_delta"] = 2.0;  // accuracy cannot improve by 2: step 5 stays best
-  Trainer(config, dir("run")).run();
+  moelab::run::start_run(config, dir("run"))->run();
   std::vector<std::string> names;
   for (const auto& entry : fs::directory_iterator(dir("run") + "/checkpoints")) {
     names.push_back(entry.path().filename().string());
@@ -238,12 +245,14 @@ TEST_F(TrainerTest, KeepsTheLastKPlusTheBest) {
 
 TEST_F(TrainerTest, TimeLimitStopsWithACheckpointAndResumeFinishesExactly) {
   {
-    Trainer straight(tiny_config(30), dir("straight"));
+    auto straight_run = moelab::run::start_run(tiny_config(30), dir("straight"));
+    Trainer& straight = *straight_run;
     straight.run();
   }
   YAML::Node config = tiny_config(30);
   config["train"]["max_time"] = "1ms";
-  Trainer limited(config, dir("limited"));
+  auto limited_run = moelab::run::start_run(config, dir("limited"));
+  Trainer& limited = *limited_run;
   const TrainSummary summary = limited.run();
   EXPECT_EQ(summary.stop_reason, StopReason::kTimeLimit);
   EXPECT_GE(summary.steps, 1);
@@ -251,11 +260,11 @@ TEST_F(TrainerTest, TimeLimitStopsWithACheckpointAndResumeFinishesExactly) {
   EXPECT_EQ(latest_checkpoint(dir("limited")), summary.checkpoint);
   EXPECT_EQ(verify_checkpoint(summary.checkpoint)["metadata"]["step"], summary.steps);
   // Without a longer limit the resumed run stops again at once...
-  const TrainSummary again = Trainer::resume(dir("limited"))->run();
+  const TrainSummary again = moelab::run::resume_run(dir("limited"))->run();
   EXPECT_EQ(again.stop_reason, StopReason::kTimeLimit);
   EXPECT_EQ(again.steps, summary.steps);
   // ...with one it finishes, on exactly the weights of the uninterrupted run.
-  auto resumed = Trainer::resume(dir("limited"), {"train.max_time=1h"});
+  auto resumed = moelab::run::resume_run(dir("limited"), {"train.max_time=1h"});
   EXPECT_EQ(resumed->run().stop_reason, StopReason::kCompleted);
   expect_same_weights(dir("straight") + "/checkpoints/step-00000030",
                       dir("limited") + "/checkpoints/step-00000030");
@@ -264,12 +273,14 @@ TEST_F(TrainerTest, TimeLimitStopsWithACheckpointAndResumeFinishesExactly) {
 
 TEST_F(TrainerTest, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
   {
-    Trainer straight(tiny_config(60), dir("straight"));
+    auto straight_run = moelab::run::start_run(tiny_config(60), dir("straight"));
+    Trainer& straight = *straight_run;
     straight.run();
   }
   clear_stop_request();
   install_stop_signal_handlers();
-  Trainer interrupted(tiny_config(60), dir("interrupted"));
+  auto interrupted_run = moelab::run::start_run(tiny_config(60), dir("interrupted"));
+  Trainer& interrupted = *interrupted_run;
   // The signal comes from another thread once training is under way (the first metric line).
   std::thread sender([&] {
     while (!fs::exists(dir("interrupted") + "/metrics.jsonl")) {
@@ -288,7 +299,7 @@ TEST_F(TrainerTest, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
   EXPECT_EQ(latest_checkpoint(dir("interrupted")), summary.checkpoint);
   EXPECT_EQ(verify_checkpoint(summary.checkpoint)["metadata"]["step"], summary.steps);
 
-  auto resumed = Trainer::resume(dir("interrupted"));
+  auto resumed = moelab::run::resume_run(dir("interrupted"));
   EXPECT_EQ(resumed->step(), summary.steps);
   EXPECT_EQ(resumed->run().steps, 60);
   expect_same_weights(dir("straight") + "/checkpoints/step-00000060",
@@ -302,7 +313,8 @@ TEST_F(TrainerTest, EpochsSetTheStepCountAndEvaluateAtEachEpochEnd) {
   config["train"]["epochs"] = 2;
   config["train"]["eval_every"] = 0;
   config["train"]["eval_each_epoch"] = true;
-  Trainer trainer(config, dir("run"));
+  auto trainer_run = moelab::run::start_run(config, dir("run"));
+  Trainer& trainer = *trainer_run;
   EXPECT_EQ(trainer.total_steps(), 16);
   EXPECT_EQ(trainer.run().steps, 16);
   std::vector<int64_t> eval_steps;
@@ -313,33 +325,36 @@ TEST_F(TrainerTest, EpochsSetTheStepCountAndEvaluateAtEachEpochEnd) {
 TEST_F(TrainerTest, Bf16AutocastTrainsWithFloat32Weights) {
   YAML::Node config = tiny_config(30);
   config["train"]["precision"] = "bf16";
-  Trainer trainer(config, dir("run"));
+  auto trainer_run = moelab::run::start_run(config, dir("run"));
+  Trainer& trainer = *trainer_run;
   const TrainSummary summary = trainer.run();
   EXPECT_EQ(summary.skipped_steps, 0);
-  EXPECT_LT(summary.val_loss, lines_of_kind(dir("run"), "train").front()["loss"].get<double>());
+  EXPECT_LT(summary.val.values.at("loss"), lines_of_kind(dir("run"), "train").front()["loss"].get<double>());
   for (const auto& p : trainer.model().parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
   config["train"]["precision"] = "fp16";
   EXPECT_EQ(moelab::testing::error_message<moelab::ConfigError>(
-                [&] { Trainer(config, dir("other")); }),
+                [&] { moelab::run::start_run(config, dir("other")); }),
             "train.precision: unknown precision 'fp16'; expected fp32 or bf16");
 }
 
 TEST_F(TrainerTest, ResumeChangesOnlyLimits) {
   {
-    Trainer trainer(tiny_config(10), dir("run"));
+    auto trainer_run = moelab::run::start_run(tiny_config(10), dir("run"));
+    Trainer& trainer = *trainer_run;
     trainer.run();
   }
   EXPECT_EQ(moelab::testing::error_message<moelab::ConfigError>(
-                [&] { Trainer::resume(dir("run"), {"train.optimizer.lr=0.5"}); })
+                [&] { moelab::run::resume_run(dir("run"), {"train.optimizer.lr=0.5"}); })
                 .rfind("train.optimizer.lr: cannot change on resume", 0),
             0u);
-  auto longer = Trainer::resume(dir("run"), {"train.max_steps=15"});
+  auto longer = moelab::run::resume_run(dir("run"), {"train.max_steps=15"});
   EXPECT_EQ(longer->run().steps, 15);
   EXPECT_EQ(moelab::config::load_file(dir("run") + "/config.yaml")["train"]["max_steps"].as<int>(), 15);
 }
 
 TEST_F(TrainerTest, ProgressLinesGoToTheConsole) {
-  Trainer trainer(tiny_config(10), dir("run"));
+  auto trainer_run = moelab::run::start_run(tiny_config(10), dir("run"));
+  Trainer& trainer = *trainer_run;
   std::ostringstream console;
   trainer.set_console(ConsoleMode::kLines, console);
   trainer.run();
@@ -351,7 +366,7 @@ TEST_F(TrainerTest, CheckpointsOnTheClockToo) {
   YAML::Node config = tiny_config(6);
   config["train"]["checkpoint_every_minutes"] = 1e-9;  // due after every step
   config["train"]["keep_last"] = 10;
-  Trainer(config, dir("run")).run();
+  moelab::run::start_run(config, dir("run"))->run();
   EXPECT_EQ(std::distance(fs::directory_iterator(dir("run") + "/checkpoints"), fs::directory_iterator{}), 6);
 }
 
@@ -371,15 +386,15 @@ TEST_F(TrainerTest, ResNet18TrainsOnCifarFilesWithAugmentation) {
   };
   for (int b = 1; b <= 5; ++b) write("data_batch_" + std::to_string(b) + ".bin", 24, b);
   write("test_batch.bin", 40, 0);
-  auto config = moelab::config::resolve_run_config(
+  auto config = moelab::run::resolve_run_config(
       {}, {"model.name=resnet18", "model.width=4", "data.name=cifar10", "data.root=" + data_dir,
            "train.max_steps=12", "train.batch_size=20", "train.val_fraction=0.1",
            "train.log_every=4", "train.eval_every=0", "train.optimizer.lr=0.01"});
   ASSERT_TRUE(config["data"]["augment"].as<bool>());  // CIFAR's default: crop + flip
-  const TrainSummary summary = Trainer(config, dir("run")).run();
+  const TrainSummary summary = moelab::run::start_run(config, dir("run"))->run();
   ASSERT_TRUE(summary.tested);
   EXPECT_EQ(lines_of_kind(dir("run"), "test").back()["split"], "test");
   EXPECT_EQ(lines_of_kind(dir("run"), "test").back()["samples"], 40);
-  EXPECT_GE(summary.test_accuracy, 0.9);
+  EXPECT_GE(summary.test.values.at("accuracy"), 0.9);
   EXPECT_LT(summary.final_train_loss, lines_of_kind(dir("run"), "train").front()["loss"].get<double>());
 }

@@ -30,6 +30,11 @@ YAML::Node resolve(const YAML::Node& defaults, const std::vector<std::string>& f
 /// The candidate closest to `key` by edit distance, or "" if none is reasonably close.
 std::string nearest(const std::string& key, const std::vector<std::string>& candidates);
 
+/// "WHERE.KEY: unknown key; did you mean 'WHERE.NEAREST'?" (`where` may be empty: a top-level
+/// key), listing `known` when nothing is near. The one message for every unknown config key.
+[[noreturn]] void throw_unknown_key(const std::string& where, const std::string& key,
+                                    const std::vector<std::string>& known);
+
 /// Throws the ConfigError find_by_name describes.
 [[noreturn]] void throw_unknown_name(const std::string& key, const std::string& kind,
                                      const std::string& name, const std::vector<std::string>& names);

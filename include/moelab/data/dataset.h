@@ -1,34 +1,82 @@
-// What a data set is to the trainer: labelled inputs split into train, validation and test parts,
-// plus the class names for reports and an optional augmentation of training batches.
+// What a data set is to the trainer: sources of samples for train, validation and test, the
+// class names for reports, and an optional augmentation of training batches.
+//
+// A DataSource is indexed by sample: `rows(index)` returns those samples as one Batch. The
+// trainer draws the index from an order that is a pure function of (seed, epoch, cursor), so a
+// resumed run sees the same batches. An in-memory set (TensorSet) is one kind of source; a
+// source that reads fixed-length blocks from a memory-mapped token file is another (a sample is
+// then a block), and both serve the same loop.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "moelab/data/batch.h"
+
 namespace moelab::data {
 
-struct LabelledSet {
-  at::Tensor inputs;  // (N, ...) float32: vectors (N, D) or images (N, C, H, W)
-  at::Tensor labels;  // (N) int64 in [0, num_classes)
-
-  int64_t size() const { return inputs.defined() ? inputs.size(0) : 0; }
-  LabelledSet rows(const at::Tensor& index) const {
-    return {inputs.index_select(0, index), labels.index_select(0, index)};
-  }
+/// Sources live in shared_ptrs (make_shared): a subset view keeps its parent alive.
+class DataSource : public std::enable_shared_from_this<DataSource> {
+ public:
+  virtual ~DataSource() = default;
+  /// Samples in the source.
+  virtual int64_t size() const = 0;
+  /// The samples `index` (int64 (n), values in [0, size())) as one batch.
+  virtual Batch rows(const at::Tensor& index) const = 0;
+  /// Samples [start, start + count), in order (evaluation); by default rows(arange).
+  virtual Batch range(int64_t start, int64_t count) const;
+  /// The samples `index` as a source of their own (a validation split, a client's shard). By
+  /// default a view that maps its rows into this source's.
+  virtual std::shared_ptr<DataSource> subset(const at::Tensor& index) const;
 };
 
+/// Named tensors held in memory, all with the same first dimension N.
+class TensorSet : public DataSource {
+ public:
+  TensorSet() = default;
+  /// DataError naming the tensor if the first dimensions differ.
+  explicit TensorSet(Batch tensors);
+
+  int64_t size() const override { return size_; }
+  Batch rows(const at::Tensor& index) const override { return tensors_.rows(index); }
+  Batch range(int64_t start, int64_t count) const override {
+    return tensors_.range(start, count);
+  }
+  std::shared_ptr<DataSource> subset(const at::Tensor& index) const override;
+
+  /// Every sample as one batch (no copy).
+  const Batch& all() const { return tensors_; }
+
+ private:
+  Batch tensors_;
+  int64_t size_ = 0;
+};
+
+/// The size of an optional source (0 when there is none).
+inline int64_t size_of(const std::shared_ptr<DataSource>& source) {
+  return source ? source->size() : 0;
+}
+
 struct Splits {
-  LabelledSet train, val, test;  // val and test may be empty (size 0)
+  std::shared_ptr<DataSource> train, val, test;  // val and test may be null
+  /// Classification: a name per class (reports, export). Empty for other tasks.
   std::vector<std::string> class_names;
+  /// Per-channel input normalisation the loader applied (empty if none): a user of an export
+  /// applies the same to their inputs.
+  std::vector<double> input_mean, input_std;
   /// Applied to each training batch (random crop, flip, ...); draws from the global generator,
   /// which checkpoints save. Empty: no augmentation.
-  std::function<at::Tensor(const at::Tensor& batch)> augment;
+  std::function<Batch(Batch batch)> augment;
 };
 
 /// Moves a seeded `fraction` of `train` into `val` (the same seed, the same split).
 void split_validation(Splits& splits, double fraction, uint64_t seed);
+
+/// The order of one epoch over `size` samples: a pure function of (seed, epoch).
+at::Tensor epoch_permutation(uint64_t seed, int64_t epoch, int64_t size);
 
 }  // namespace moelab::data

@@ -19,6 +19,10 @@
 
 #include "moelab/data/dataset.h"
 
+namespace YAML {
+class Node;
+}
+
 namespace moelab::data {
 
 struct ImageDataOptions {
@@ -38,22 +42,31 @@ struct ImageDataOptions {
   TORCH_ARG(std::string, labels) = "fine";
 };
 
+YAML::Node to_yaml(const ImageDataOptions& options);
+void from_yaml(const YAML::Node& node, ImageDataOptions& options, const std::string& where);
+
 /// One IDX file (gzip or plain; zlib reads both) as a uint8 tensor of the shape its header gives.
 at::Tensor read_idx(const std::string& path);
 
 /// The path of `name` or `name.gz` in `root`; DataError naming both if neither exists.
 std::string find_idx_file(const std::string& root, const std::string& name);
 
-/// An IDX image file and its label file: float32 (N, 1, H, W) in [0, 1] and int64 labels.
-LabelledSet load_idx_pair(const std::string& images_path, const std::string& labels_path);
+/// An IDX image file and its label file: inputs float32 (N, 1, H, W) in [0, 1] and int64
+/// targets.
+Batch load_idx_pair(const std::string& images_path, const std::string& labels_path);
 
-/// CIFAR binary files, concatenated: float32 (N, 3, 32, 32) in [0, 1] and int64 labels.
+/// CIFAR binary files, concatenated: inputs float32 (N, 3, 32, 32) in [0, 1], int64 targets.
 /// `label_bytes` is 1 (CIFAR-10) or 2 (CIFAR-100; `label_index` 0 = coarse, 1 = fine).
-LabelledSet load_cifar_binary(const std::vector<std::string>& paths, int label_bytes,
+Batch load_cifar_binary(const std::vector<std::string>& paths, int label_bytes,
                               int label_index);
 
-/// Normalises `splits` per channel with the training part's mean and std.
-void normalize_per_channel(Splits& splits);
+struct ChannelStats {
+  std::vector<double> mean, std;  // one per channel
+};
+
+/// Normalises both sets' inputs per channel with `train`'s mean and (population) std; returns
+/// them.
+ChannelStats normalize_per_channel(Batch& train, Batch& test);
 
 /// Pads each image by `pad` zeros, crops back to its size at a random offset and flips half of
 /// the images horizontally; draws from the global generator.

@@ -7,6 +7,12 @@
 #include <ATen/ATen.h>
 #include <torch/arg.h>
 
+#include <string>
+
+namespace YAML {
+class Node;
+}
+
 namespace moelab::data {
 
 struct SyntheticMixtureOptions {
@@ -25,6 +31,9 @@ struct SyntheticMixtureOptions {
   /// Same seed, same data. Default 0.
   TORCH_ARG(uint64_t, seed) = 0;
 };
+
+YAML::Node to_yaml(const SyntheticMixtureOptions& options);
+void from_yaml(const YAML::Node& node, SyntheticMixtureOptions& options, const std::string& where);
 
 struct LabelledVectors {
   at::Tensor features;  // (N, input_dim) float32

@@ -10,13 +10,17 @@
 
 #include "moelab/models/model.h"
 
+namespace YAML {
+class Node;
+}
+
 namespace moelab::models {
 
 struct MLPMoEOptions {
   MLPMoEOptions();
   /// Features per sample, >= 1. Default 16.
   TORCH_ARG(int64_t, input_dim) = 16;
-  /// Output classes, >= 2. Default 4.
+  /// Outputs: classes (classification, >= 2) or regression targets (>= 1). Default 4.
   TORCH_ARG(int64_t, num_classes) = 4;
   /// MoE blocks, >= 1. Default 2.
   TORCH_ARG(int64_t, num_layers) = 2;
@@ -24,12 +28,16 @@ struct MLPMoEOptions {
   TORCH_ARG(nn::MoELayerOptions, moe);
 };
 
-class MLPMoEImpl : public Model {
+YAML::Node to_yaml(const MLPMoEOptions& options);
+void from_yaml(const YAML::Node& node, MLPMoEOptions& options, const std::string& where);
+
+class MLPMoEImpl : public ModelBase<MLPMoEImpl> {
  public:
   explicit MLPMoEImpl(MLPMoEOptions options);
 
-  /// input: (B, input_dim) -> logits (B, num_classes).
-  ModelOutput forward(const at::Tensor& input) override;
+  /// inputs: (B, input_dim) -> outputs (B, num_classes); padding_mask and token_ids (B), if
+  /// present, go to every MoE layer.
+  ModelOutput forward(const data::Batch& batch) override;
   ModelCost cost() const override;
 
   MLPMoEOptions options;

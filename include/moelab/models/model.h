@@ -1,20 +1,32 @@
 // What every moelab model is to the trainer and the tools: a torch::nn::Module whose forward
-// returns task outputs plus the MoE side channel (aux loss, per-layer routing statistics), and
-// which can state its own size and cost.
+// takes a batch of named tensors and returns task outputs plus the MoE side channel (aux loss
+// terms, per-layer routing statistics), which can state its own size and cost, and which can be
+// deep-copied (a federated client or a data-parallel rank trains its own copy).
 #pragma once
 
 #include <torch/nn/module.h>
 
+#include <memory>
+#include <string>
 #include <vector>
 
+#include "moelab/data/batch.h"
 #include "moelab/nn/moe_layer.h"
 
 namespace moelab::models {
 
+/// A weighted loss term a model adds of its own (besides its MoE layers' terms).
+struct ModelAuxTerm {
+  std::string name;
+  at::Tensor value;  // () unweighted
+  double weight = 0;
+};
+
 struct ModelOutput {
-  at::Tensor logits;                        // (B, classes) or the task's output
-  at::Tensor aux_loss;                      // () sum of every MoE layer's weighted aux loss
-  std::vector<nn::MoEOutput> moe_layers;    // one per MoE layer, in depth order
+  at::Tensor outputs;                      // (B, classes) logits, (B, outputs) predictions, ...
+  at::Tensor aux_loss;                     // () every weighted aux term summed (layers + model)
+  std::vector<nn::MoEOutput> moe_layers;   // one per MoE layer, in depth order
+  std::vector<ModelAuxTerm> model_terms;   // the model's own terms, logged by name
 };
 
 struct ModelCost {
@@ -25,8 +37,34 @@ struct ModelCost {
 
 class Model : public torch::nn::Module {
  public:
-  virtual ModelOutput forward(const at::Tensor& input) = 0;
+  /// Reads what it needs from `batch` (at least data::kInputs); a padding mask and token ids,
+  /// when the batch has them, reach every MoE layer.
+  virtual ModelOutput forward(const data::Batch& batch) = 0;
   virtual ModelCost cost() const = 0;
+  /// An independent copy: same structure, options, parameter and buffer values and mode; no
+  /// storage is shared, so training the copy leaves this model unchanged.
+  virtual std::shared_ptr<Model> deep_copy() const = 0;
+
+  /// forward() on a batch holding only `inputs`.
+  ModelOutput forward_inputs(const at::Tensor& inputs) {
+    return forward(data::Batch({{data::kInputs, inputs}}));
+  }
+};
+
+/// Copies every parameter's and buffer's values from `from` into `to` (same names and shapes)
+/// and the training mode.
+void copy_state(const torch::nn::Module& from, torch::nn::Module& to);
+
+/// The deep_copy every model built from its `options` member shares: Derived(options) with the
+/// state copied over.
+template <typename Derived>
+class ModelBase : public Model {
+ public:
+  std::shared_ptr<Model> deep_copy() const override {
+    auto copy = std::make_shared<Derived>(static_cast<const Derived&>(*this).options);
+    copy_state(*this, *copy);
+    return copy;
+  }
 };
 
 }  // namespace moelab::models

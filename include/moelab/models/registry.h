@@ -1,8 +1,8 @@
 // The models moelab can build by name, registered in one explicit function (registry.cpp), not by
-// static initialisers. A config's `model:` section names the model and sets its options.
+// static initialisers. A config's `model:` section names the model and sets its options. Adding
+// a model: its file pair (Options with to_yaml/from_yaml beside them, the Impl) and one
+// add_model line in registry.cpp.
 #pragma once
-
-#include <yaml-cpp/yaml.h>
 
 #include <functional>
 #include <memory>
@@ -11,7 +11,15 @@
 
 #include "moelab/models/model.h"
 
+namespace YAML {
+class Node;
+}
+
 namespace moelab::models {
+
+/// What a dense baseline of an MoE model is matched to: the MoE's active FLOPs per sample, or
+/// its total parameters.
+enum class MatchTarget { kFlops, kParameters };
 
 struct ModelEntry {
   std::string name;
@@ -22,6 +30,9 @@ struct ModelEntry {
   std::function<void(const YAML::Node& section, const std::string& where)> validate;
   /// Builds the model from a validated section.
   std::function<std::shared_ptr<Model>(const YAML::Node& section, const std::string& where)> build;
+  /// For MoE models that have one: the model section (with `name`) of the dense baseline matched
+  /// to this model's cost. Empty for models without a baseline.
+  std::function<YAML::Node(const YAML::Node& section, MatchTarget target)> dense_baseline;
 };
 
 /// Every registered model, in registration order.

@@ -20,7 +20,12 @@
 #include <torch/nn/modules/linear.h>
 
 #include "moelab/models/model.h"
+#include "moelab/models/registry.h"
 #include "moelab/nn/moe_layer.h"
+
+namespace YAML {
+class Node;
+}
 
 namespace moelab::models {
 
@@ -91,10 +96,11 @@ struct VisionMoEOptions {
   TORCH_ARG(nn::DispatchOptions, dispatch);
 };
 
-class VisionMoEImpl : public Model {
+class VisionMoEImpl : public ModelBase<VisionMoEImpl> {
  public:
   explicit VisionMoEImpl(VisionMoEOptions options);
-  ModelOutput forward(const at::Tensor& images) override;
+  /// inputs: (B, C, H, W) images -> outputs (B, classes).
+  ModelOutput forward(const data::Batch& batch) override;
   ModelCost cost() const override;
 
   /// Rows each expert ran on in the last forward.
@@ -107,21 +113,28 @@ class VisionMoEImpl : public Model {
 };
 
 /// The dense baseline: one ConvNet (its width_multiplier set for iso-FLOPs or iso-params).
-class DenseCNNImpl : public Model {
+class DenseCNNImpl : public ModelBase<DenseCNNImpl> {
  public:
   explicit DenseCNNImpl(ConvNetOptions options);
-  ModelOutput forward(const at::Tensor& images) override;
+  ModelOutput forward(const data::Batch& batch) override;
   ModelCost cost() const override;
 
   ConvNetOptions options;
   ConvNet net{nullptr};
 };
 
-enum class MatchTarget { kFlops, kParameters };
+YAML::Node to_yaml(const ConvNetOptions& options);
+void from_yaml(const YAML::Node& node, ConvNetOptions& options, const std::string& where);
+YAML::Node to_yaml(const VisionMoEOptions& options);
+void from_yaml(const YAML::Node& node, VisionMoEOptions& options, const std::string& where);
 
 /// The width multiplier whose ConvNet's FLOPs or parameters come closest to `target`, all else
 /// as in `base` (channels are whole numbers, so the match is as close as rounding allows).
 double match_width_multiplier(const ConvNetOptions& base, MatchTarget what, int64_t target);
+
+/// The dense CNN baseline of a VisionMoE: its expert's CNN, widened until its FLOPs per image
+/// (kFlops: the MoE's active FLOPs) or parameters (kParameters: the MoE's total) match.
+ConvNetOptions dense_baseline(const VisionMoEOptions& moe, MatchTarget what);
 
 struct ResNet18Options {
   TORCH_ARG(int64_t, in_channels) = 3;
@@ -131,12 +144,15 @@ struct ResNet18Options {
   TORCH_ARG(int64_t, width) = 64;
 };
 
+YAML::Node to_yaml(const ResNet18Options& options);
+void from_yaml(const YAML::Node& node, ResNet18Options& options, const std::string& where);
+
 /// ResNet-18 in its CIFAR form: 3x3 stem without max-pooling, four stages of two basic blocks
 /// (batch norm, projection shortcuts where the shape changes), global pooling, linear head.
-class ResNet18Impl : public Model {
+class ResNet18Impl : public ModelBase<ResNet18Impl> {
  public:
   explicit ResNet18Impl(ResNet18Options options);
-  ModelOutput forward(const at::Tensor& images) override;
+  ModelOutput forward(const data::Batch& batch) override;
   ModelCost cost() const override;
 
   ResNet18Options options;

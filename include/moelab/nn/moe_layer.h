@@ -15,6 +15,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <map>
+#include <string>
 #include <vector>
 
 #include "moelab/nn/aux_losses.h"
@@ -49,10 +51,24 @@ struct MoELayerOptions {
   TORCH_ARG(bool, shared_gate) = false;
 };
 
-/// Unweighted value of every auxiliary term (0-d tensors; with gradient where its weight != 0).
-struct AuxLossTerms {
-  at::Tensor load_balance, importance_load, usage_mse, entropy, z_loss;
+/// Unweighted value of every auxiliary term by name (0-d tensors; with gradient where its
+/// weight != 0).
+using AuxLossTerms = std::map<std::string, at::Tensor>;
+
+/// One auxiliary routing loss: its name (the key of its weight under `aux` in a config, and the
+/// name it is logged by), its weight in AuxLossOptions, and how the layer computes it. The layer,
+/// the config and the logs all go through aux_term_registry(): a new term is one entry there
+/// plus its weight field.
+struct AuxTermInfo {
+  const char* key;
+  double& (*weight)(AuxLossOptions& options);
+  at::Tensor (*compute)(const RouterOutput& routing, const DispatchPlan& plan,
+                        const at::TensorOptions& options);
+  double weight_in(const AuxLossOptions& options) const {
+    return weight(const_cast<AuxLossOptions&>(options));
+  }
 };
+const std::vector<AuxTermInfo>& aux_term_registry();
 
 /// What the layer did with one batch, detached from autograd. Per-token fields cover all N input
 /// tokens; masked tokens have index -1 and weight 0.
@@ -75,6 +91,10 @@ struct MoEOutput {
   AuxLossTerms aux_terms;
   RoutingStats stats;
 };
+
+/// Scalars in a module's parameters (frozen ones included). The one count every model's cost
+/// and the tools use.
+int64_t count_parameters(const torch::nn::Module& module);
 
 class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
  public:

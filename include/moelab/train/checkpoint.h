@@ -15,6 +15,8 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace moelab::train {
 
@@ -45,9 +47,27 @@ uint32_t file_crc32(const std::string& path);
 void save_module_weights(const torch::nn::Module& module, const std::string& path,
                          const std::map<std::string, std::string>& metadata = {});
 
-/// Loads weights saved by save_module_weights into `module` (same names, shapes, dtypes; values
-/// are copied to the module's device). Throws CheckpointError listing every missing, unexpected
-/// or mismatched tensor.
-void load_module_weights(torch::nn::Module& module, const std::string& path);
+struct WeightLoading {
+  /// Every tensor of the model must be in the file and every tensor of the file in the model.
+  /// Off: the model keeps its values where the file has none, and the file's extra tensors are
+  /// ignored; both are reported. Shape or dtype mismatches are errors either way.
+  bool strict = true;
+  /// (from, to): a file tensor whose name starts with `from` is loaded as `to` + the rest
+  /// (the first matching pair applies), e.g. {"model.", ""} or {"mlp.", "moe0.experts."}.
+  std::vector<std::pair<std::string, std::string>> rename_prefixes;
+};
+
+struct WeightLoadReport {
+  std::vector<std::string> loaded;      // model names that received a value
+  std::vector<std::string> missing;     // model names the file lacks (non-strict only)
+  std::vector<std::string> unexpected;  // file names (after renaming) the model lacks
+  std::string describe() const;
+};
+
+/// Loads weights saved by save_module_weights (or any safetensors file) into `module`; values
+/// are copied to the module's device. Throws CheckpointError listing every mismatched tensor,
+/// and, when strict, every missing and unexpected one.
+WeightLoadReport load_module_weights(torch::nn::Module& module, const std::string& path,
+                                     const WeightLoading& options = {});
 
 }  // namespace moelab::train

@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <string>
 
+namespace YAML {
+class Node;
+}
+
 namespace moelab::train {
 
 enum class ScheduleKind { kConstant, kStep, kCosine, kLinear };
@@ -26,6 +30,9 @@ struct ScheduleOptions {
   /// cosine, linear: the final rate as a fraction of the base rate, in [0, 1]. Default 0.
   TORCH_ARG(double, min_lr_ratio) = 0.0;
 };
+
+YAML::Node to_yaml(const ScheduleOptions& options);
+void from_yaml(const YAML::Node& node, ScheduleOptions& options, const std::string& where);
 
 /// The learning rate for optimiser step `step` (0-based) of `total_steps`.
 double learning_rate_at(int64_t step, int64_t total_steps, double base_lr,

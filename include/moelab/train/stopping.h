@@ -9,13 +9,19 @@
 
 #include <string>
 
+namespace YAML {
+class Node;
+}
+
 namespace moelab::train {
 
 struct MonitorOptions {
-  /// Evaluation metric watched for keep-best and early stopping: val_loss or val_accuracy.
+  /// Evaluation metric watched for keep-best and early stopping: val_ + any metric the task
+  /// declares (val_loss, val_accuracy, val_r2, ...). Default val_loss.
   TORCH_ARG(std::string, metric) = "val_loss";
-  /// min (lower is better) or max. Default min.
-  TORCH_ARG(std::string, mode) = "min";
+  /// min (lower is better), max, or auto (the direction the task declares for the metric).
+  /// Default auto.
+  TORCH_ARG(std::string, mode) = "auto";
   /// An evaluation improves on the best only by more than this, >= 0. Default 0.
   TORCH_ARG(double, min_delta) = 0.0;
   /// Evaluations without improvement before the run stops; 0 = never stop early. Default 0.
@@ -24,7 +30,10 @@ struct MonitorOptions {
   TORCH_ARG(bool, keep_best) = true;
 };
 
-/// ConfigError (naming `where`) unless metric and mode are valid and the numbers in range.
+YAML::Node to_yaml(const MonitorOptions& options);
+void from_yaml(const YAML::Node& node, MonitorOptions& options, const std::string& where);
+
+/// ConfigError (naming `where`) unless the mode is valid and the numbers in range.
 void validate(const MonitorOptions& options, const std::string& where);
 
 /// The monitored metric's best value so far and the evaluations since it improved.

@@ -28,36 +28,20 @@
 #include <string>
 #include <vector>
 
-#include "moelab/analysis/routing.h"
+#include <nlohmann/json.hpp>
+
 #include "moelab/data/dataset.h"
 #include "moelab/models/model.h"
+#include "moelab/train/optimizer.h"
 #include "moelab/train/progress.h"
+#include "moelab/train/routing_stats.h"
+#include "moelab/train/run_directory.h"
 #include "moelab/train/schedule.h"
 #include "moelab/train/stopping.h"
+#include "moelab/train/task.h"
 #include "moelab/util/runtime.h"
 
-namespace torch::optim {
-class Optimizer;
-}
-
 namespace moelab::train {
-
-struct OptimizerOptions {
-  /// adamw (decoupled weight decay) or sgd. Default adamw.
-  TORCH_ARG(std::string, name) = "adamw";
-  /// Base learning rate, > 0. Default 1e-3.
-  TORCH_ARG(double, lr) = 1e-3;
-  /// Weight decay (decoupled for adamw), >= 0. Default 0.
-  TORCH_ARG(double, weight_decay) = 0.0;
-  /// sgd momentum, >= 0. Default 0.9.
-  TORCH_ARG(double, momentum) = 0.9;
-  /// sgd Nesterov momentum. Default false.
-  TORCH_ARG(bool, nesterov) = false;
-  /// adamw betas and epsilon. Defaults 0.9, 0.999, 1e-8.
-  TORCH_ARG(double, beta1) = 0.9;
-  TORCH_ARG(double, beta2) = 0.999;
-  TORCH_ARG(double, eps) = 1e-8;
-};
 
 struct TrainOptions {
   /// Optimiser steps to take, >= 1. Default 200. Ignored when epochs > 0.
@@ -98,12 +82,25 @@ struct TrainOptions {
   TORCH_ARG(int64_t, max_nonfinite_steps) = 5;
   TORCH_ARG(OptimizerOptions, optimizer);
   TORCH_ARG(ScheduleOptions, schedule);
-  /// The evaluation metric for keep-best and early stopping.
+  /// The evaluation metric for keep-best and early stopping (val_ + any metric of the task).
   TORCH_ARG(MonitorOptions, monitor);
 };
 
+YAML::Node to_yaml(const TrainOptions& options);
+void from_yaml(const YAML::Node& node, TrainOptions& options, const std::string& where);
+
 /// ConfigError naming the key of the first option out of range.
 void validate(const TrainOptions& options);
+
+/// Everything a run is made of. Assembled from a config above this layer (run/run.h), so the
+/// trainer builds nothing by name.
+struct RunParts {
+  YAML::Node config;  // the resolved config, saved with the run and with every checkpoint
+  TrainOptions options;
+  std::shared_ptr<models::Model> model;
+  data::Splits data;
+  std::shared_ptr<Task> task;
+};
 
 enum class StopReason { kCompleted, kEarlyStopping, kTimeLimit, kSignal };
 std::string to_string(StopReason reason);
@@ -113,12 +110,10 @@ struct TrainSummary {
   int64_t total_steps = 0;      // the step the run ends at if nothing stops it earlier
   int64_t skipped_steps = 0;    // non-finite steps skipped over the whole run
   double final_train_loss = 0;  // task + aux loss of the last logged interval
-  bool evaluated = false;       // whether this run() evaluated (val_* are its last evaluation)
-  double val_loss = 0;
-  double val_accuracy = 0;
+  bool evaluated = false;       // whether this run() evaluated (val is its last evaluation)
+  Metrics val;                  // the task's metrics on the validation split
   bool tested = false;          // the finished run was scored on its test split (val if none)
-  double test_loss = 0;
-  double test_accuracy = 0;
+  Metrics test;
   StopReason stop_reason = StopReason::kCompleted;
   std::string checkpoint;       // the newest checkpoint written
   int64_t best_step = -1;       // best evaluation of the monitored metric, -1 if none yet
@@ -131,15 +126,15 @@ const std::vector<std::string>& resume_overridable_keys();
 
 class Trainer {
  public:
-  /// A new run in `run_dir` from a resolved config (data, model, train sections). The directory
-  /// is created; ConfigError if it already holds a run.
-  Trainer(const YAML::Node& resolved_config, const std::string& run_dir);
+  /// A new run in `run_dir`. The directory is created; ConfigError if it already holds a run.
+  Trainer(RunParts parts, const std::string& run_dir);
   ~Trainer();
 
-  /// Continues the run in `run_dir` from its newest valid checkpoint. `overrides` (key=value)
-  /// may change only resume_overridable_keys(), e.g. train.max_steps=400 or train.max_time=2h.
-  static std::unique_ptr<Trainer> resume(const std::string& run_dir,
-                                         const std::vector<std::string>& overrides = {});
+  /// Continues the run in `run_dir` from `checkpoint` (a verified checkpoint of it), with
+  /// `parts` assembled from that checkpoint's config (limits possibly raised: see
+  /// resume_overridable_keys). Metric lines after the checkpoint's step are dropped.
+  static std::unique_ptr<Trainer> resume(RunParts parts, const std::string& run_dir,
+                                         const std::string& checkpoint);
 
   /// Trains to the last step (or `stop_at_step` if smaller and > 0) unless a stop comes first,
   /// evaluates, writes the final checkpoint.
@@ -151,17 +146,18 @@ class Trainer {
   int64_t step() const { return step_; }
   int64_t total_steps() const { return total_steps_; }
   models::Model& model() { return *model_; }
+  const OptimizerSetup& optimizer() const { return optimizer_; }
+  const Task& task() const { return *task_; }
 
  private:
   struct Resumed {};
-  Trainer(const YAML::Node& resolved_config, const std::string& run_dir, Resumed);
-  void build();
-  at::Tensor next_batch();
+  Trainer(RunParts parts, const std::string& run_dir, Resumed);
+  data::Batch next_batch();
   bool epoch_exhausted() const;
   void write_epoch_line();
   void save_checkpoint();
   void load_checkpoint(const std::string& directory);
-  void append_metrics(const std::string& line);
+  void append_metrics(const nlohmann::json& line);
   double seconds_trained() const;
 
   YAML::Node config_;
@@ -169,28 +165,23 @@ class Trainer {
   TrainOptions options_;
   Precision precision_ = Precision::kFloat32;
   std::shared_ptr<models::Model> model_;
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::shared_ptr<Task> task_;
+  OptimizerSetup optimizer_;
   data::Splits data_;
   int64_t total_steps_ = 0;
   int64_t step_ = 0, epoch_ = 0, cursor_ = 0;
   int64_t nonfinite_in_a_row_ = 0, nonfinite_total_ = 0;
   at::Tensor epoch_order_;
+  MonitorOptions monitor_;  // train.monitor with its mode resolved from the task
   EarlyStopping early_stopping_{MonitorOptions()};
   // Per MoE layer: the samples each expert computed and their loss, over the log interval and
   // over the epoch (checkpointed, so the epoch line of a resumed run is the same).
-  std::vector<analysis::ExpertTally> interval_tally_, epoch_tally_;
+  std::vector<ExpertTally> interval_tally_, epoch_tally_;
   double seconds_before_ = 0;  // trained by earlier processes of this run
   std::chrono::steady_clock::time_point process_start_ = std::chrono::steady_clock::now();
   std::string last_checkpoint_;
   ConsoleMode console_mode_ = ConsoleMode::kSilent;
   std::ostream* console_ = nullptr;
 };
-
-/// The newest checkpoint directory of a run that verifies, or "" if none does.
-std::string latest_checkpoint(const std::string& run_dir);
-
-/// The run's best checkpoint (by the monitored metric, as the newest valid checkpoint records
-/// it) if it is kept and verifies, else "".
-std::string best_checkpoint(const std::string& run_dir);
 
 }  // namespace moelab::train

@@ -1,10 +1,10 @@
-#include "moelab/analysis/routing.h"
+#include "moelab/train/routing_stats.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
-namespace moelab::analysis {
+namespace moelab::train {
 
 std::vector<double> to_doubles(const at::Tensor& t) {
   const at::Tensor d = t.to(at::kDouble).contiguous();
@@ -102,4 +102,4 @@ nlohmann::json to_json_numbers(const std::vector<double>& values) {
   return out;
 }
 
-}  // namespace moelab::analysis
+}  // namespace moelab::train

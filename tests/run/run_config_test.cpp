@@ -3,12 +3,13 @@
 #include <filesystem>
 #include <fstream>
 
-#include "moelab/config/run_config.h"
+#include "moelab/run/run.h"
+#include "moelab/run/run_config.h"
 #include "moelab/util/errors.h"
 #include "support/fixtures.h"
 
 namespace fs = std::filesystem;
-using moelab::config::resolve_run_config;
+using moelab::run::resolve_run_config;
 
 namespace {
 std::string run_config_error(const std::function<void()>& action) {
@@ -26,19 +27,24 @@ TEST(RunConfigTest, DefaultsComeFromTheModelThenFilesThenOverrides) {
   EXPECT_EQ(resolved["model"]["moe"]["router"]["top_k"].as<int>(), 2);   // override wins
   EXPECT_EQ(resolved["model"]["input_dim"].as<int>(), 16);               // default
   EXPECT_EQ(resolved["model"]["moe"]["experts"]["activation"].as<std::string>(), "swiglu");
-  auto model = moelab::config::build_model(resolved);
-  EXPECT_EQ(model->forward(torch::randn({2, 16})).moe_layers.size(), 3u);
+  auto model = moelab::run::build_model(resolved);
+  EXPECT_EQ(model->forward_inputs(torch::randn({2, 16})).moe_layers.size(), 3u);
 }
 
 TEST(RunConfigTest, RejectsUnknownSectionsKeysAndInvalidCombinations) {
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"modell.x=1"}); }),
-            "modell: unknown top-level key; did you mean 'model'? (sections: model, data, train)");
+            "modell: unknown key; did you mean 'model'?");
+  EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"sections.x=1"}); }),
+            "sections: unknown key (valid: model data task train)");
+  EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"task.name=regresion"}); }),
+            "task.name: unknown task 'regresion'; did you mean 'regression'? (registered: "
+            "classification regression)");
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"model.num_layer=2"}); }),
             "model.num_layer: unknown key; did you mean 'model.num_layers'?");
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"model=3"}); }),
             "model: expected a section of keys, got a value");
   const std::string message = run_config_error([] {
-    moelab::config::build_model(resolve_run_config({}, {"model.moe.router.top_k=9"}));
+    moelab::run::build_model(resolve_run_config({}, {"model.moe.router.top_k=9"}));
   });
   EXPECT_NE(message.find("model: Router: top_k (9) must be in [1, num_experts=4]"), std::string::npos)
       << message;

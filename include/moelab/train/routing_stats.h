@@ -12,7 +12,7 @@
 
 #include "moelab/nn/moe_layer.h"
 
-namespace moelab::analysis {
+namespace moelab::train {
 
 /// Per-expert sums over the samples an expert computed (each of a sample's kept top-k choices
 /// counts once): the samples' loss and their number.
@@ -54,4 +54,4 @@ std::vector<double> to_doubles(const at::Tensor& t);
 /// A vector of doubles as JSON with NaN written as null.
 nlohmann::json to_json_numbers(const std::vector<double>& values);
 
-}  // namespace moelab::analysis
+}  // namespace moelab::train

@@ -1,0 +1,65 @@
+// Runs as the tools use them: start one from a resolved config, resume one from its newest valid
+// checkpoint, evaluate a checkpoint on its data (or another data set), export one for other
+// tools. Everything here assembles parts from a config (run_config.h) and hands them to the
+// layers below; none of it trains or scores by itself.
+//
+// Export layout (OUT_DIR):
+//   model.safetensors  every parameter and buffer under its module path, e.g.
+//                      moe0.router.gate.weight (E, D), moe0.experts.w_in
+//                      (E, 2F, D: gate rows [0, F), up rows [F, 2F)), moe0.experts.w_out
+//                      (E, D, F); the header's __metadata__ names the format and the model
+//   config.json        {"format": "moelab-export", "format_version": 2, "moelab_version",
+//                       "model": the model section, "data": the data section, "task",
+//                       "step", "source_checkpoint" (relative to the run directory),
+//                       "class_names", "input_normalization": {"mean": [...], "std": [...]}
+//                       per channel (absent when the data set applies none),
+//                       "tensors": [{"name", "dtype", "shape"}, ...] (the resolved widths)}
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moelab/train/evaluation.h"
+#include "moelab/train/trainer.h"
+
+namespace moelab::run {
+
+inline constexpr const char* kExportFormat = "moelab-export";
+inline constexpr int kExportFormatVersion = 2;
+
+/// A new run in `run_dir` from a resolved config; ConfigError if the directory holds a run.
+std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std::string& run_dir);
+
+/// Continues the run in `run_dir` from its newest valid checkpoint. `overrides` (key=value)
+/// may change only train::resume_overridable_keys(), e.g. train.max_steps=400.
+std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
+                                           const std::vector<std::string>& overrides = {});
+
+/// A checkpoint directory given as itself; a run directory as its best checkpoint (if kept) or,
+/// with `prefer_latest` or without a best one, its newest. CheckpointError if there is none.
+std::string resolve_checkpoint(const std::string& run_dir_or_checkpoint, bool prefer_latest = false);
+
+struct CheckpointEvaluation {
+  std::string checkpoint;
+  int64_t step = 0;
+  std::string split;  // "test" where the data set has one, else "val"
+  std::shared_ptr<train::Task> task;
+  train::Evaluation result;
+};
+
+/// Evaluates a checkpoint on the data its config names, after stacking `files` and `overrides`
+/// on that config (e.g. another data set). CheckpointError if the weights do not fit the model.
+CheckpointEvaluation evaluate_checkpoint(const std::string& run_dir_or_checkpoint,
+                                         const std::vector<std::string>& files,
+                                         const std::vector<std::string>& overrides,
+                                         bool prefer_latest = false);
+
+/// Writes OUT_DIR/model.safetensors and OUT_DIR/config.json (layout above) and returns the
+/// config.json content. The weights are loaded into the model first, so an export always fits.
+nlohmann::json export_checkpoint(const std::string& run_dir_or_checkpoint,
+                                 const std::string& out_dir, bool prefer_latest = false);
+
+}  // namespace moelab::run

@@ -1,0 +1,53 @@
+// The layout of a run directory and the files in it, in one place:
+//   config.yaml                the run's resolved config
+//   metrics.jsonl              one JSON object per line (see trainer.h for the kinds)
+//   checkpoints/step-NNNNNNNN/ one checkpoint per saved step (checkpoint.h)
+// Naming, listing, the newest and best valid checkpoints, retention, and reading and writing
+// the metrics file. What goes into a checkpoint is the trainer's business.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace moelab::train {
+
+inline constexpr const char* kCheckpointDir = "checkpoints";
+inline constexpr const char* kMetricsFile = "metrics.jsonl";
+inline constexpr const char* kRunConfigFile = "config.yaml";
+
+/// "step-00000060".
+std::string checkpoint_name(int64_t step);
+
+/// RUN/checkpoints/step-NNNNNNNN.
+std::string checkpoint_path(const std::string& run_dir, int64_t step);
+
+/// Checkpoint directories of a run (complete or not), oldest first.
+std::vector<std::string> checkpoint_dirs(const std::string& run_dir);
+
+/// The newest checkpoint directory of a run that verifies, or "" if none does.
+std::string latest_checkpoint(const std::string& run_dir);
+
+/// The run's best checkpoint (by the monitored metric, as the newest valid checkpoint records
+/// it) if it is kept and verifies, else "".
+std::string best_checkpoint(const std::string& run_dir);
+
+/// Whether `run_dir` already holds a run (metrics or checkpoints).
+bool holds_run(const std::string& run_dir);
+
+/// Deletes all but the newest `keep_last` checkpoints, never the one named `keep` (the best).
+void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std::string& keep);
+
+/// Appends one line to RUN/metrics.jsonl.
+void append_metrics(const std::string& run_dir, const nlohmann::json& line);
+
+/// Every line of RUN/metrics.jsonl (empty if there is none); DataError naming the file and the
+/// line for one that is not JSON.
+std::vector<nlohmann::json> read_metrics(const std::string& run_dir);
+
+/// Keeps only the lines with step <= `step` (a resumed run rewrites what came after its
+/// checkpoint).
+void truncate_metrics(const std::string& run_dir, int64_t step);
+
+}  // namespace moelab::train

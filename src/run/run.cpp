@@ -1,0 +1,167 @@
+#include "moelab/run/run.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "moelab/config/config.h"
+#include "moelab/io/safetensors.h"
+#include "moelab/run/run_config.h"
+#include "moelab/train/checkpoint.h"
+#include "moelab/train/run_directory.h"
+#include "moelab/util/errors.h"
+
+namespace fs = std::filesystem;
+
+namespace moelab::run {
+
+std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std::string& run_dir) {
+  if (train::holds_run(run_dir)) {  // before the data is loaded: fail fast
+    throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
+                      "' or choose another directory");
+  }
+  return std::make_unique<train::Trainer>(assemble_run(resolved), run_dir);
+}
+
+std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
+                                           const std::vector<std::string>& overrides) {
+  const std::string directory = train::latest_checkpoint(run_dir);
+  if (directory.empty()) {
+    throw CheckpointError(run_dir + ": no complete checkpoint to resume from");
+  }
+  YAML::Node config = config::load_file(directory + "/" + train::kRunConfigFile);
+  const auto& allowed = train::resume_overridable_keys();
+  for (const auto& assignment : overrides) {
+    const std::string key = assignment.substr(0, assignment.find('='));
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+      std::string list;
+      for (const auto& k : allowed) list += (list.empty() ? "" : ", ") + k;
+      throw ConfigError(key + ": cannot change on resume (the continued run would differ from "
+                        "its checkpoint); a resume may change " + list);
+    }
+    config::apply_override(config, assignment);
+  }
+  return train::Trainer::resume(assemble_run(config), run_dir, directory);
+}
+
+std::string resolve_checkpoint(const std::string& path, bool prefer_latest) {
+  if (!fs::exists(path)) throw CheckpointError(path + ": no such run or checkpoint directory");
+  if (fs::exists(fs::path(path) / train::kManifestName)) {
+    train::verify_checkpoint(path);
+    return path;
+  }
+  const std::string best = prefer_latest ? "" : train::best_checkpoint(path);
+  if (!best.empty()) return best;
+  const std::string latest = train::latest_checkpoint(path);
+  if (latest.empty()) {
+    throw CheckpointError(path + ": neither a checkpoint nor a run directory with a complete "
+                          "checkpoint");
+  }
+  return latest;
+}
+
+namespace {
+
+struct LoadedCheckpoint {
+  std::string directory;
+  int64_t step = 0;
+  YAML::Node config;
+  std::shared_ptr<models::Model> model;
+};
+
+LoadedCheckpoint load_checkpoint_model(const std::string& path, bool prefer_latest,
+                                       const std::vector<std::string>& files = {},
+                                       const std::vector<std::string>& overrides = {}) {
+  LoadedCheckpoint loaded;
+  loaded.directory = resolve_checkpoint(path, prefer_latest);
+  // resolve_checkpoint has verified it; the manifest alone gives the step.
+  loaded.step = train::read_manifest(loaded.directory)["metadata"].value("step", int64_t{0});
+  YAML::Node config = config::load_file(loaded.directory + "/" + train::kRunConfigFile);
+  const YAML::Node overlay = config::resolve(YAML::Node(YAML::NodeType::Map), files, overrides);
+  // Another data set brings its own options: the saved ones belong to the old one.
+  if (overlay["data"] && overlay["data"]["name"] &&
+      overlay["data"]["name"].as<std::string>() != config["data"]["name"].as<std::string>()) {
+    config.remove("data");
+  }
+  config::merge(config, overlay);
+  loaded.config = resolve_run_config(config);
+  loaded.model = build_model(loaded.config);
+  train::load_module_weights(*loaded.model, loaded.directory + "/model.safetensors");
+  return loaded;
+}
+
+}  // namespace
+
+CheckpointEvaluation evaluate_checkpoint(const std::string& path,
+                                         const std::vector<std::string>& files,
+                                         const std::vector<std::string>& overrides,
+                                         bool prefer_latest) {
+  LoadedCheckpoint loaded = load_checkpoint_model(path, prefer_latest, files, overrides);
+  const data::Splits splits = load_data(loaded.config);
+  const train::TrainOptions options = train_options(loaded.config);
+  CheckpointEvaluation out;
+  out.checkpoint = loaded.directory;
+  out.step = loaded.step;
+  out.task = make_task(loaded.config);
+  const bool has_test = data::size_of(splits.test) > 0;
+  out.split = has_test ? "test" : "val";
+  const std::shared_ptr<data::DataSource>& set = has_test ? splits.test : splits.val;
+  if (data::size_of(set) == 0) {
+    throw ConfigError("eval: the data set has no test split and train.val_fraction is 0; "
+                      "nothing to evaluate on");
+  }
+  out.result = train::evaluate(*loaded.model, *set, *out.task,
+                               train::eval_batch_size(options.batch_size()),
+                               parse_precision(options.precision(), "train.precision"));
+  return out;
+}
+
+nlohmann::json export_checkpoint(const std::string& path, const std::string& out_dir,
+                                 bool prefer_latest) {
+  LoadedCheckpoint loaded = load_checkpoint_model(path, prefer_latest);
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) throw ConfigError(out_dir + ": cannot create export directory: " + ec.message());
+  nlohmann::json tensors = nlohmann::json::array();
+  auto describe = [&](const std::string& name, const at::Tensor& t) {
+    tensors.push_back({{"name", name},
+                       {"dtype", io::safetensors_dtype(t.scalar_type())},
+                       {"shape", t.sizes().vec()}});
+  };
+  for (const auto& item : loaded.model->named_parameters()) describe(item.key(), item.value());
+  for (const auto& item : loaded.model->named_buffers()) describe(item.key(), item.value());
+  const std::string model_name = loaded.config["model"]["name"].as<std::string>();
+  train::save_module_weights(*loaded.model, (fs::path(out_dir) / "model.safetensors").string(),
+                             {{"format", kExportFormat}, {"model", model_name}});
+  // What a user needs to feed the model as it was trained: the loader's normalisation and the
+  // class names (loading the data set once; its files are on this machine).
+  const data::Splits splits = load_data(loaded.config);
+  nlohmann::json data = config::to_json(loaded.config["data"]);
+  if (data.contains("root")) data.erase("root");  // a path of the machine that trained
+  nlohmann::json config{{"format", kExportFormat},
+                        {"format_version", kExportFormatVersion},
+                        {"moelab_version", MOELAB_VERSION},
+                        {"model", config::to_json(loaded.config["model"])},
+                        {"data", data},
+                        {"task", loaded.config["task"]["name"].as<std::string>()},
+                        {"step", loaded.step},
+                        {"source_checkpoint", (fs::path(train::kCheckpointDir) /
+                                               fs::path(loaded.directory).filename())
+                                                  .string()},
+                        {"class_names", splits.class_names},
+                        {"tensors", tensors}};
+  if (!splits.input_mean.empty()) {
+    config["input_normalization"] = {{"mean", splits.input_mean}, {"std", splits.input_std}};
+  }
+  const fs::path config_path = fs::path(out_dir) / "config.json";
+  const fs::path temporary = fs::path(out_dir) / ".config.json.tmp";
+  {
+    std::ofstream out(temporary);
+    if (!out) throw ConfigError(out_dir + ": export directory is not writable");
+    out << config.dump(2) << "\n";
+    if (!out.flush()) throw std::runtime_error(temporary.string() + ": write failed");
+  }
+  fs::rename(temporary, config_path);
+  return config;
+}
+
+}  // namespace moelab::run
