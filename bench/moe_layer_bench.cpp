@@ -5,8 +5,7 @@
 #include <torch/torch.h>
 
 #include "moelab/nn/dispatch.h"
-#include "moelab/nn/feed_forward.h"
-#include "moelab/nn/moe_layer.h"
+#include "moelab/perf/layer_benchmark.h"
 #include "moelab/util/runtime.h"
 
 namespace {
@@ -14,48 +13,35 @@ namespace {
 constexpr int64_t kDModel = 512;
 constexpr int64_t kDFF = 1024;
 
-void set_expert_flops(benchmark::State& state, int64_t rows, double passes) {
-  const double flops = 2.0 * 3.0 * kDModel * kDFF * rows * passes;
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+// Times one case of the library's layer benchmark (the same cases `moelab bench moe-layer` runs).
+void run_case(benchmark::State& state, const moelab::perf::BenchmarkCase& c) {
+  for (auto _ : state) c.step();
+  state.counters["tokens/s"] = benchmark::Counter(
+      static_cast<double>(c.tokens * state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(c.flops_per_step * state.iterations() / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+
+moelab::perf::LayerBenchmarkOptions layer_options(int64_t tokens, int64_t experts, int64_t k) {
+  moelab::perf::LayerBenchmarkOptions o;
+  o.tokens = tokens;
+  o.d_model = kDModel;
+  o.d_ff = kDFF;
+  o.experts = experts;
+  o.top_k = k;
+  return o;
 }
 
 // Args: tokens, experts, top_k.
 void BM_MoELayer_FwdBwd(benchmark::State& state) {
-  const int64_t tokens = state.range(0), experts = state.range(1), k = state.range(2);
-  torch::manual_seed(0);
-  moelab::nn::MoELayerOptions options(kDModel, kDFF, experts);
-  options.router().top_k(k);
-  moelab::nn::MoELayer moe(options);
-  at::Tensor x = torch::randn({tokens, kDModel}).requires_grad_(true);
-  at::Tensor grad = torch::randn({tokens, kDModel});
-  for (auto _ : state) {
-    moe->forward(x).output.backward(grad);
-    for (auto& p : moe->parameters()) p.mutable_grad() = at::Tensor();
-    x.mutable_grad() = at::Tensor();
-  }
-  state.counters["tokens/s"] =
-      benchmark::Counter(static_cast<double>(tokens * state.iterations()),
-                         benchmark::Counter::kIsRate);
-  set_expert_flops(state, tokens * k, 3.0);
+  run_case(state, moelab::perf::moe_layer_case(
+                      layer_options(state.range(0), state.range(1), state.range(2))));
 }
 
 // The dense reference: one SwiGLU FFN over tokens * top_k rows. Args: tokens, top_k.
 void BM_DenseFFN_FwdBwd(benchmark::State& state) {
-  const int64_t tokens = state.range(0), k = state.range(1);
-  torch::manual_seed(0);
-  moelab::nn::FeedForward dense(kDModel, kDFF);
-  at::Tensor x = torch::randn({tokens * k, kDModel}).requires_grad_(true);
-  at::Tensor grad = torch::randn({tokens * k, kDModel});
-  for (auto _ : state) {
-    dense->forward(x).backward(grad);
-    for (auto& p : dense->parameters()) p.mutable_grad() = at::Tensor();
-    x.mutable_grad() = at::Tensor();
-  }
-  state.counters["tokens/s"] =
-      benchmark::Counter(static_cast<double>(tokens * state.iterations()),
-                         benchmark::Counter::kIsRate);
-  set_expert_flops(state, tokens * k, 3.0);
+  run_case(state, moelab::perf::dense_reference_case(
+                      layer_options(state.range(0), state.range(1), state.range(1))));
 }
 
 // Planning alone (sort by expert, by-token index). Args: tokens, experts, top_k.

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "moelab/config/config.h"
+#include "moelab/config/fields.h"
 #include "moelab/data/images.h"
 #include "moelab/data/synthetic_mixture.h"
 #include "moelab/data/synthetic_regression.h"
@@ -11,11 +12,7 @@ namespace moelab::data {
 
 namespace {
 
-template <typename Options>
-Options parse(const YAML::Node& section, const std::string& where, Options options = Options()) {
-  from_yaml(section, options, where);
-  return options;
-}
+using config::parse_options;
 
 // An entry whose loader needs only its parsed options.
 template <typename Options>
@@ -24,9 +21,9 @@ DataEntry add_data(const std::string& name, const std::string& description,
   return {name,
           description,
           [] { return to_yaml(Options()); },
-          [](const YAML::Node& section, const std::string& where) { parse<Options>(section, where); },
+          [](const YAML::Node& section, const std::string& where) { parse_options<Options>(section, where); },
           [load](const YAML::Node& section, const std::string& where) {
-            return load(parse<Options>(section, where));
+            return load(parse_options<Options>(section, where));
           },
           task};
 }
@@ -69,10 +66,10 @@ std::vector<DataEntry> register_data() {
     entries.push_back(
         {name, image.description, [defaults] { return to_yaml(defaults); },
          [name, defaults](const YAML::Node& section, const std::string& where) {
-           validate(name, parse(section, where, defaults), where);
+           validate(name, parse_options(section, where, defaults), where);
          },
          [name, defaults](const YAML::Node& section, const std::string& where) {
-           return load_image_data(name, parse(section, where, defaults));
+           return load_image_data(name, parse_options(section, where, defaults));
          },
          "classification"});
   }

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "moelab/config/config.h"
+#include "moelab/config/fields.h"
 #include "moelab/models/mlp_moe.h"
 #include "moelab/models/vision.h"
 #include "moelab/util/errors.h"
@@ -11,12 +12,7 @@ namespace moelab::models {
 
 namespace {
 
-template <typename Options>
-Options parse(const YAML::Node& section, const std::string& where) {
-  Options options;
-  from_yaml(section, options, where);
-  return options;
-}
+using config::parse_options;
 
 template <typename Options, typename Impl>
 ModelEntry add_model(const std::string& name, const std::string& description) {
@@ -24,10 +20,10 @@ ModelEntry add_model(const std::string& name, const std::string& description) {
           description,
           [] { return to_yaml(Options()); },
           [](const YAML::Node& section, const std::string& where) {
-            parse<Options>(section, where);
+            parse_options<Options>(section, where);
           },
           [](const YAML::Node& section, const std::string& where) -> std::shared_ptr<Model> {
-            return std::make_shared<Impl>(parse<Options>(section, where));
+            return std::make_shared<Impl>(parse_options<Options>(section, where));
           },
           {}};
 }
@@ -39,7 +35,7 @@ std::vector<ModelEntry> register_models() {
   entries.push_back(add_model<VisionMoEOptions, VisionMoEImpl>(
       "vision_moe", "MoE of small CNN experts with a tiny CNN router; hard top-1 or top-k"));
   entries.back().dense_baseline = [](const YAML::Node& section, MatchTarget target) {
-    YAML::Node model = to_yaml(dense_baseline(parse<VisionMoEOptions>(section, "model"), target));
+    YAML::Node model = to_yaml(dense_baseline(parse_options<VisionMoEOptions>(section, "model"), target));
     model["name"] = "cnn";
     return model;
   };

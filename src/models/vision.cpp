@@ -346,6 +346,18 @@ ModelCost ResNet18Impl::cost() const {
   return cost;
 }
 
+nlohmann::json convnet_sizes(const ConvNetOptions& options) {
+  std::vector<int64_t> channels;
+  for (int64_t s = 0; s < options.depth(); ++s) channels.push_back(stage_channels(options, s));
+  return {{"stage_channels", channels}, {"hidden_units", hidden_units(options)}};
+}
+
+nlohmann::json VisionMoEImpl::resolved_sizes() const {
+  return {{"expert", convnet_sizes(options.expert())}};
+}
+
+nlohmann::json DenseCNNImpl::resolved_sizes() const { return convnet_sizes(options); }
+
 ConvNetOptions dense_baseline(const VisionMoEOptions& moe, MatchTarget what) {
   const ModelCost cost = VisionMoEImpl(moe).cost();
   ConvNetOptions dense = moe.expert();

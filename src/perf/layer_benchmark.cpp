@@ -35,9 +35,7 @@ void clear_grads(torch::nn::Module& module) {
   for (auto& p : module.parameters()) p.mutable_grad() = at::Tensor();
 }
 
-}  // namespace
-
-std::vector<BenchmarkResult> benchmark_moe_layer(const LayerBenchmarkOptions& o) {
+void check(const LayerBenchmarkOptions& o) {
   auto require = [](bool ok, const std::string& message) {
     if (!ok) throw ConfigError("bench moe-layer: " + message);
   };
@@ -51,50 +49,67 @@ std::vector<BenchmarkResult> benchmark_moe_layer(const LayerBenchmarkOptions& o)
   } catch (const c10::Error& e) {
     require(false, e.what_without_backtrace());
   }
-  torch::manual_seed(o.seed);
+}
 
+std::string shape_name(const LayerBenchmarkOptions& o) {
+  return fmt::format("T={}/D={}/F={}/E={}/k={}/{}", o.tokens, o.d_model, o.d_ff, o.experts,
+                     o.top_k, o.backward ? "fwdbwd" : "fwd");
+}
+
+double expert_flops(const LayerBenchmarkOptions& o) {
+  const double macs = 3.0 * o.d_model * o.d_ff * o.tokens * o.top_k;  // SwiGLU: three GEMMs
+  return 2.0 * macs * (o.backward ? 3.0 : 1.0);
+}
+
+// A module's forward (and backward against a fixed gradient) on a fixed input, gradients
+// dropped after each step so every step does the same work.
+template <typename Module, typename Forward>
+std::function<void()> timed_step(Module module, at::Tensor x, bool backward, Forward forward) {
+  const at::Tensor grad = torch::randn_like(x.detach());
+  return [module, x, grad, backward, forward]() mutable {
+    std::optional<torch::NoGradGuard> no_grad;
+    if (!backward) no_grad.emplace();
+    at::Tensor out = forward(module, x);
+    if (!backward) return;
+    out.backward(grad);
+    clear_grads(*module);
+    x.mutable_grad() = at::Tensor();
+  };
+}
+
+}  // namespace
+
+BenchmarkCase moe_layer_case(const LayerBenchmarkOptions& o) {
+  check(o);
+  torch::manual_seed(o.seed);
   nn::MoELayerOptions layer_options(o.d_model, o.d_ff, o.experts);
   layer_options.router().top_k(o.top_k).kind(nn::parse_router_kind(o.router)).seed(o.seed);
   nn::MoELayer moe(layer_options);
-  nn::FeedForward dense(o.d_model, o.d_ff);
-
   const at::Tensor x = torch::randn({o.tokens, o.d_model}).requires_grad_(o.backward);
-  const at::Tensor dense_x =
-      torch::randn({o.tokens * o.top_k, o.d_model}).requires_grad_(o.backward);
-  const at::Tensor grad = torch::randn({o.tokens, o.d_model});
-  const at::Tensor dense_grad = torch::randn({o.tokens * o.top_k, o.d_model});
+  return {"moe_layer/" + o.router + "/" + shape_name(o),
+          timed_step(moe, x, o.backward,
+                     [](nn::MoELayer& m, const at::Tensor& in) { return m->forward(in).output; }),
+          expert_flops(o), o.tokens};
+}
 
-  auto moe_step = [&] {
-    auto out = moe->forward(x);
-    if (o.backward) {
-      out.output.backward(grad);
-      clear_grads(*moe);
-      x.mutable_grad() = at::Tensor();
-    }
-  };
-  auto dense_step = [&] {
-    auto out = dense->forward(dense_x);
-    if (o.backward) {
-      out.backward(dense_grad);
-      clear_grads(*dense);
-      dense_x.mutable_grad() = at::Tensor();
-    }
-  };
-  std::optional<torch::NoGradGuard> no_grad;
-  if (!o.backward) no_grad.emplace();
+BenchmarkCase dense_reference_case(const LayerBenchmarkOptions& o) {
+  check(o);
+  torch::manual_seed(o.seed + 1);
+  nn::FeedForward dense(o.d_model, o.d_ff);
+  const at::Tensor x = torch::randn({o.tokens * o.top_k, o.d_model}).requires_grad_(o.backward);
+  return {"dense_ffn_ref/" + shape_name(o),
+          timed_step(dense, x, o.backward,
+                     [](nn::FeedForward& m, const at::Tensor& in) { return m->forward(in); }),
+          expert_flops(o), o.tokens};
+}
 
-  const double macs = 3.0 * o.d_model * o.d_ff * o.tokens * o.top_k;  // SwiGLU: three GEMMs
-  const double flops = 2.0 * macs * (o.backward ? 3.0 : 1.0);
-  const std::string mode = o.backward ? "fwdbwd" : "fwd";
-  const std::string shape = fmt::format("T={}/D={}/F={}/E={}/k={}/{}", o.tokens, o.d_model,
-                                        o.d_ff, o.experts, o.top_k, mode);
-  auto result = [&](std::string name, double ms) {
-    return BenchmarkResult{std::move(name), ms, o.tokens / (ms / 1e3), flops / (ms / 1e3) / 1e9};
-  };
-  const double moe_ms = median_ms(moe_step, o.warmup, o.iterations);
-  const double dense_ms = median_ms(dense_step, o.warmup, o.iterations);
-  return {result("moe_layer/" + o.router + "/" + shape, moe_ms),
-          result("dense_ffn_ref/" + shape, dense_ms)};
+std::vector<BenchmarkResult> benchmark_moe_layer(const LayerBenchmarkOptions& o) {
+  std::vector<BenchmarkResult> results;
+  for (BenchmarkCase c : {moe_layer_case(o), dense_reference_case(o)}) {
+    const double ms = median_ms(c.step, o.warmup, o.iterations);
+    results.push_back({c.name, ms, c.tokens / (ms / 1e3), c.flops_per_step / (ms / 1e3) / 1e9});
+  }
+  return results;
 }
 
 }  // namespace moelab::perf

@@ -148,6 +148,7 @@ nlohmann::json export_checkpoint(const std::string& path, const std::string& out
                                                fs::path(loaded.directory).filename())
                                                   .string()},
                         {"class_names", splits.class_names},
+                        {"resolved_sizes", loaded.model->resolved_sizes()},
                         {"tensors", tensors}};
   if (!splits.input_mean.empty()) {
     config["input_normalization"] = {{"mean", splits.input_mean}, {"std", splits.input_std}};

@@ -238,8 +238,34 @@ TEST(MoELayerTest, EveryRouterKindRunsForwardAndBackward) {
     EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>()) << moelab::nn::to_string(kind);
     EXPECT_GT(layer->experts->w_in.grad().abs().sum().item<double>(), 0.0)
         << moelab::nn::to_string(kind);
+    if (moelab::nn::has_learned_gate(kind)) {  // the router learns too
+      ASSERT_TRUE(layer->router->gate->weight.grad().defined()) << moelab::nn::to_string(kind);
+      EXPECT_GT(layer->router->gate->weight.grad().abs().sum().item<double>(), 0.0)
+          << moelab::nn::to_string(kind);
+    }
     layer->update_routing_bias();
   }
+}
+
+TEST(MoELayerTest, RoutingBiasMovesTowardTheUnderLoadedExperts) {
+  MoELayerOptions options(4, 6, 4);
+  options.router().kind(RouterKind::kAuxFree).top_k(1).bias_update_rate(0.01);
+  MoELayer layer(options);
+  layer->train();
+  {
+    torch::NoGradGuard no_grad;
+    layer->router->gate->weight.zero_();
+    layer->router->gate->weight[2].fill_(1.0);  // every token of ones prefers expert 2
+  }
+  layer->forward(torch::ones({16, 4}));
+  EXPECT_TRUE(torch::equal(layer->router->load_count,
+                           torch::tensor({0.0, 0.0, 16.0, 0.0}).to(layer->router->load_count.dtype())));
+  layer->update_routing_bias(/*rate_scale=*/0.5);
+  // Over-loaded expert 2 down by rate * scale, the idle ones up by the same step.
+  const at::Tensor expected = torch::tensor({0.005, 0.005, -0.005, 0.005});
+  EXPECT_TRUE(torch::allclose(layer->router->expert_bias.to(at::kFloat), expected, 0, 1e-7))
+      << layer->router->expert_bias;
+  EXPECT_EQ(layer->router->load_count.sum().item<double>(), 0.0);  // the count starts over
 }
 
 TEST(MoELayerTest, ModuleExpertsRunInsideTheLayer) {

@@ -134,6 +134,10 @@ TEST(RoutingAnalysisTest, MutualInformationAndTopClassesOnHandCases) {
   // Each class always goes to its own expert: I = H(class) = log 2.
   EXPECT_NEAR(moelab::train::mutual_information(torch::tensor({{5, 0}, {0, 5}}, at::kLong)),
               std::log(2.0), 1e-12);
+  // 2 classes x 2 experts, counts {{3, 1}, {1, 3}}: p(c, e) = 3/8 on the diagonal, 1/8 off it,
+  // every marginal 1/2, so I = 2 (3/8) log(3/2) + 2 (1/8) log(1/2) = 0.75 log 1.5 - 0.25 log 2.
+  EXPECT_NEAR(moelab::train::mutual_information(torch::tensor({{3, 1}, {1, 3}}, at::kLong)),
+              0.75 * std::log(1.5) - 0.25 * std::log(2.0), 1e-12);
   // Expert independent of class: I = 0.
   EXPECT_NEAR(moelab::train::mutual_information(torch::tensor({{2, 6}, {1, 3}}, at::kLong)), 0.0,
               1e-12);

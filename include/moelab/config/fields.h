@@ -171,6 +171,15 @@ void read_options(const YAML::Node& node, Options& options, const std::string& w
   reader.reject_unknown();
 }
 
+/// A config section read into Options, starting from `options` (the defaults unless given):
+/// what every registry's build, load and validate do with their section.
+template <typename Options>
+Options parse_options(const YAML::Node& section, const std::string& where,
+                      Options options = Options()) {
+  from_yaml(section, options, where);  // the struct's module defines it (found by ADL)
+  return options;
+}
+
 }  // namespace moelab::config
 
 /// Defines the to_yaml / from_yaml pair of an Options struct whose `visit` precedes it; use in

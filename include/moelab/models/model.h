@@ -6,6 +6,8 @@
 
 #include <torch/nn/module.h>
 
+#include <nlohmann/json.hpp>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,6 +46,10 @@ class Model : public torch::nn::Module {
   /// An independent copy: same structure, options, parameter and buffer values and mode; no
   /// storage is shared, so training the copy leaves this model unchanged.
   virtual std::shared_ptr<Model> deep_copy() const = 0;
+
+  /// Sizes the options leave to rounding or derivation (e.g. channels after a width
+  /// multiplier), by name, for exports: a user rebuilding the model needs no guess. Default none.
+  virtual nlohmann::json resolved_sizes() const { return nlohmann::json::object(); }
 
   /// forward() on a batch holding only `inputs`.
   ModelOutput forward_inputs(const at::Tensor& inputs) {

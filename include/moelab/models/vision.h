@@ -49,6 +49,9 @@ struct ConvNetOptions {
 int64_t stage_channels(const ConvNetOptions& options, int64_t stage);
 int64_t hidden_units(const ConvNetOptions& options);
 
+/// {"stage_channels": [...], "hidden_units": n}: the widths a ConvNet is built with.
+nlohmann::json convnet_sizes(const ConvNetOptions& options);
+
 /// Exact parameter count and forward FLOPs per image of a ConvNet.
 int64_t convnet_parameters(const ConvNetOptions& options);
 int64_t convnet_flops(const ConvNetOptions& options);
@@ -102,6 +105,8 @@ class VisionMoEImpl : public ModelBase<VisionMoEImpl> {
   /// inputs: (B, C, H, W) images -> outputs (B, classes).
   ModelOutput forward(const data::Batch& batch) override;
   ModelCost cost() const override;
+  /// The expert CNN's stage channels and hidden units.
+  nlohmann::json resolved_sizes() const override;
 
   /// Rows each expert ran on in the last forward.
   const std::vector<int64_t>& last_rows_per_expert() const;
@@ -118,6 +123,8 @@ class DenseCNNImpl : public ModelBase<DenseCNNImpl> {
   explicit DenseCNNImpl(ConvNetOptions options);
   ModelOutput forward(const data::Batch& batch) override;
   ModelCost cost() const override;
+  /// Stage channels and hidden units after the width multiplier.
+  nlohmann::json resolved_sizes() const override;
 
   ConvNetOptions options;
   ConvNet net{nullptr};

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,20 @@ struct BenchmarkResult {
   double tokens_per_s = 0;
   double gflops = 0;  // expert FLOPs only (the dense reference's FLOPs), per second
 };
+
+/// One timed case: the work of one iteration (forward, and backward when asked) on inputs made
+/// once. The CLI's one-shot benchmark and the Google Benchmark programs time the same cases.
+struct BenchmarkCase {
+  std::string name;  // "moe_layer/top_k/T=4096/D=512/F=1024/E=8/k=2/fwdbwd", "dense_ffn_ref/..."
+  std::function<void()> step;
+  double flops_per_step = 0;  // expert FLOPs (the dense reference's)
+  int64_t tokens = 0;
+};
+
+/// The MoE layer (options.router, E experts, top-k) over T tokens. ConfigError for bad options.
+BenchmarkCase moe_layer_case(const LayerBenchmarkOptions& options);
+/// The dense reference: one SwiGLU FFN over k * T rows, the MoE's active expert FLOPs.
+BenchmarkCase dense_reference_case(const LayerBenchmarkOptions& options);
 
 /// Runs both and returns {moe, dense}, each named after its configuration.
 std::vector<BenchmarkResult> benchmark_moe_layer(const LayerBenchmarkOptions& options);

@@ -13,6 +13,8 @@
 //                       "step", "source_checkpoint" (relative to the run directory),
 //                       "class_names", "input_normalization": {"mean": [...], "std": [...]}
 //                       per channel (absent when the data set applies none),
+//                       "resolved_sizes": widths the options leave to rounding (a cnn's
+//                       stage_channels and hidden_units after its width_multiplier),
 //                       "tensors": [{"name", "dtype", "shape"}, ...] (the resolved widths)}
 #pragma once
 
