@@ -26,6 +26,9 @@ std::string default_run_dir() {
 void train_and_report(train::Trainer& trainer, const std::string& run_dir) {
   train::install_stop_signal_handlers();
   trainer.set_console(train::console_mode_for_stdout(), std::cout);
+  // Parameter groups and frozen parameters are worth a look before a long run.
+  const train::OptimizerSetup& optimizer = trainer.optimizer();
+  if (optimizer.groups.size() > 1 || !optimizer.frozen.empty()) std::cout << optimizer.describe();
   const train::TrainSummary s = trainer.run();
   const std::string validation =
       s.evaluated ? train::format_metrics(trainer.task(), s.val, "val ") : "not evaluated";
