@@ -15,9 +15,15 @@ namespace {
 constexpr int kExitUsage = 1;
 constexpr int kExitRuntime = 2;
 
-// c10::Error's what() carries a C++ stack trace; users need the message alone.
+// c10::Error's what() carries a C++ stack trace; users need the message alone. A message that
+// quotes a huge value is cut to a readable length.
 std::string first_line(const std::string& message) {
-  return message.substr(0, message.find('\n'));
+  constexpr size_t kMaxLength = 400;
+  std::string line = message.substr(0, message.find('\n'));
+  if (line.size() > kMaxLength) {
+    line = line.substr(0, kMaxLength) + "... (" + std::to_string(line.size()) + " characters)";
+  }
+  return line;
 }
 }  // namespace
 

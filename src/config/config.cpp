@@ -4,7 +4,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
@@ -13,7 +15,40 @@ namespace moelab::config {
 
 YAML::Node clone(const YAML::Node& node) { return YAML::Clone(node); }
 
+namespace {
+
+// Every mapping key must be a plain scalar and appear once: yaml-cpp would otherwise merge a
+// repeated `train:` section silently or fail later on a complex key without naming the file.
+void check_keys(const YAML::Node& node, const std::string& path, const std::string& where) {
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) {
+      check_keys(node[i], path, where + "[" + std::to_string(i) + "]");
+    }
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::set<std::string> seen;
+  for (const auto& item : node) {
+    const YAML::Mark mark = item.first.Mark();
+    const std::string at = path + ":" + std::to_string(mark.line + 1) + ":" +
+                           std::to_string(mark.column + 1) + ": ";
+    if (!item.first.IsScalar()) {
+      throw ConfigError(at + "a key under '" + (where.empty() ? "(top level)" : where) +
+                        "' is a list or mapping; keys must be plain names");
+    }
+    const std::string key = item.first.Scalar();
+    const std::string full = where.empty() ? key : where + "." + key;
+    if (!seen.insert(key).second) throw ConfigError(at + full + ": appears twice");
+    check_keys(item.second, path, full);
+  }
+}
+
+}  // namespace
+
 YAML::Node load_file(const std::string& path) {
+  if (std::filesystem::is_directory(path)) {
+    throw ConfigError(path + ": is a directory, not a config file");
+  }
   std::ifstream in(path);
   if (!in) throw ConfigError(path + ": cannot open config file (missing or unreadable)");
   YAML::Node node;
@@ -25,6 +60,7 @@ YAML::Node load_file(const std::string& path) {
   }
   if (node.IsNull()) return YAML::Node(YAML::NodeType::Map);
   if (!node.IsMap()) throw ConfigError(path + ": the top level must be a mapping of keys");
+  check_keys(node, path, "");
   return node;
 }
 

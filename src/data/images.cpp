@@ -42,17 +42,32 @@ struct GzFile {
   gzFile handle;
 };
 
-// Reads exactly `size` bytes, or reports how many there were.
-int64_t read_bytes(GzFile& file, void* out, int64_t size) {
+// Reads exactly `size` bytes, or reports how many there were. A gzip stream whose data or CRC
+// is damaged is an error, not an early end.
+int64_t read_bytes(GzFile& file, void* out, int64_t size, const std::string& path) {
   int64_t done = 0;
   auto* bytes = static_cast<char*>(out);
   while (done < size) {
     const auto chunk = static_cast<unsigned>(std::min<int64_t>(size - done, 1 << 30));
     const int n = gzread(file.handle, bytes + done, chunk);
-    if (n <= 0) break;
+    if (n < 0) {
+      int code = 0;
+      const char* message = gzerror(file.handle, &code);
+      throw DataError(path + ": damaged gzip data (" + (message ? message : "unknown") + ")");
+    }
+    if (n == 0) break;
     done += n;
   }
   return done;
+}
+
+// The uncompressed size a gzip file records in its last 4 bytes (modulo 2^32).
+uint64_t gzip_recorded_size(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(-4, std::ios::end);
+  unsigned char b[4] = {0, 0, 0, 0};
+  in.read(reinterpret_cast<char*>(b), 4);
+  return uint64_t{b[0]} | uint64_t{b[1]} << 8 | uint64_t{b[2]} << 16 | uint64_t{b[3]} << 24;
 }
 
 uint32_t big_endian_u32(const unsigned char* b) {
@@ -81,10 +96,12 @@ Batch labelled_images(at::Tensor images, at::Tensor labels) {
 
 at::Tensor read_idx(const std::string& path) {
   if (!fs::exists(path)) throw DataError(path + ": no such file");
+  if (fs::is_directory(path)) throw DataError(path + ": is a directory, not an IDX file");
+  const auto file_bytes = static_cast<uint64_t>(fs::file_size(path));
   GzFile file(path);
   if (!file.handle) throw DataError(path + ": cannot open");
   unsigned char magic[4];
-  if (read_bytes(file, magic, 4) != 4) throw DataError(path + ": truncated IDX header");
+  if (read_bytes(file, magic, 4, path) != 4) throw DataError(path + ": truncated IDX header");
   if (magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08) {
     throw DataError(path + ": not an unsigned-byte IDX file (magic " + std::to_string(magic[0]) +
                     " " + std::to_string(magic[1]) + " " + std::to_string(magic[2]) +
@@ -92,19 +109,47 @@ at::Tensor read_idx(const std::string& path) {
   }
   const int dims = magic[3];
   if (dims < 1 || dims > 4) throw DataError(path + ": IDX file with " + std::to_string(dims) + " dimensions");
+  // Sizes are checked against what the file can hold before anything is allocated.
+  constexpr uint64_t kMaxBytes = uint64_t{1} << 40;
   std::vector<int64_t> shape(dims);
-  int64_t count = 1;
+  uint64_t count = 1;
   for (int d = 0; d < dims; ++d) {
     unsigned char size[4];
-    if (read_bytes(file, size, 4) != 4) throw DataError(path + ": truncated IDX header");
+    if (read_bytes(file, size, 4, path) != 4) throw DataError(path + ": truncated IDX header");
     shape[d] = big_endian_u32(size);
-    count *= shape[d];
+    if (shape[d] != 0 && count > kMaxBytes / static_cast<uint64_t>(shape[d])) {
+      throw DataError(path + ": the IDX header's sizes multiply to more than 2^40 bytes");
+    }
+    count *= static_cast<uint64_t>(shape[d]);
+  }
+  const uint64_t header = 4 + 4 * static_cast<uint64_t>(dims);
+  const bool compressed = gzdirect(file.handle) == 0;
+  // Plain: the file's size; gzip: the size its trailer records (mod 2^32), and deflate cannot
+  // expand a byte into more than 1032.
+  const uint64_t total = compressed ? gzip_recorded_size(path) : file_bytes;
+  const uint64_t expected = compressed ? (header + count) & 0xffffffffULL : header + count;
+  if ((compressed && header + count > 1032 * file_bytes) || total != expected) {
+    const uint64_t available = compressed && header + count > 1032 * file_bytes
+                                   ? 1032 * file_bytes
+                                   : (total > header ? total - header : 0);
+    if (available < count) {
+      throw DataError(path + ": truncated: the header promises " + std::to_string(count) +
+                      " data bytes, the file has " + std::to_string(available));
+    }
+    throw DataError(path + ": " + std::to_string(available - count) +
+                    " bytes after the data (trailing garbage, or not an IDX file)");
   }
   at::Tensor out = at::empty(shape, at::kByte);
-  const int64_t got = read_bytes(file, out.data_ptr<uint8_t>(), count);
-  if (got != count) {
+  const int64_t got = read_bytes(file, out.data_ptr<uint8_t>(), static_cast<int64_t>(count), path);
+  if (got != static_cast<int64_t>(count)) {
     throw DataError(path + ": truncated: the header promises " + std::to_string(count) +
                     " data bytes, the file has " + std::to_string(got));
+  }
+  // Reading past the data checks a gzip stream's CRC and length, and finds trailing bytes.
+  unsigned char extra[64];
+  const int64_t trailing = read_bytes(file, extra, sizeof(extra), path);
+  if (trailing > 0) {
+    throw DataError(path + ": bytes after the data (trailing garbage, or not an IDX file)");
   }
   return out;
 }
@@ -139,6 +184,7 @@ Batch load_cifar_binary(const std::vector<std::string>& paths, int label_bytes,
   std::vector<at::Tensor> images, labels;
   for (const auto& path : paths) {
     if (!fs::exists(path)) throw DataError(path + ": no such file");
+    if (fs::is_directory(path)) throw DataError(path + ": is a directory, not a CIFAR file");
     const auto size = static_cast<int64_t>(fs::file_size(path));
     if (size == 0 || size % record != 0) {
       throw DataError(path + ": " + std::to_string(size) + " bytes is not a whole number of " +
@@ -197,8 +243,9 @@ void validate(const std::string& name, const ImageDataOptions& options, const st
 Splits load_image_data(const std::string& name, const ImageDataOptions& options) {
   validate(name, options, "data");
   Batch train, test;
+  std::string root_used;  // for messages
   if (name == "fashion_mnist" || name == "mnist") {
-    const std::string root = !options.root().empty() ? options.root()
+    const std::string root = root_used = !options.root().empty() ? options.root()
                              : name == "mnist"       ? "/usr/share/datasets/mnist"
                                                      : "/usr/share/datasets/fashion-mnist";
     if (!fs::is_directory(root)) {
@@ -212,7 +259,7 @@ Splits load_image_data(const std::string& name, const ImageDataOptions& options)
                                 find_idx_file(root, "t10k-labels-idx1-ubyte"));
   } else if (name == "cifar10" || name == "cifar100") {
     const bool c10 = name == "cifar10";
-    const std::string root = !options.root().empty() ? options.root()
+    const std::string root = root_used = !options.root().empty() ? options.root()
                              : c10 ? "data/cifar-10-batches-bin"
                                    : "data/cifar-100-binary";
     std::vector<std::string> train_files;
@@ -234,10 +281,16 @@ Splits load_image_data(const std::string& name, const ImageDataOptions& options)
   Splits splits;
   splits.class_names = class_names(name, options);
   const auto num_classes = static_cast<int64_t>(splits.class_names.size());
-  for (const Batch* set : {&train, &test}) {
-    if (set->size() > 0 && set->at(kTargets).max().item<int64_t>() >= num_classes) {
-      throw DataError("data." + name + ": a label is " +
-                      std::to_string(set->at(kTargets).max().item<int64_t>()) + ", but there are only " +
+  for (const auto& [set, split] : {std::pair<const Batch*, const char*>{&train, "training"},
+                                   std::pair<const Batch*, const char*>{&test, "test"}}) {
+    if (set->size() == 0) continue;
+    const at::Tensor bad = (set->at(kTargets) >= num_classes).nonzero();
+    if (bad.numel() > 0) {
+      const int64_t record = bad[0][0].item<int64_t>();
+      throw DataError("data." + name + " (" + root_used + "): " + split + " record " +
+                      std::to_string(record) + " has label " +
+                      std::to_string(set->at(kTargets)[record].item<int64_t>()) +
+                      ", but there are only " +
                       std::to_string(num_classes) + " classes");
     }
   }

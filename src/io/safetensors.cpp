@@ -1,5 +1,7 @@
 #include "moelab/io/safetensors.h"
 
+#include "moelab/io/file.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -44,19 +46,6 @@ at::ScalarType scalar_type_of(const std::string& name, const std::string& path,
   throw DataError(path + ": " + problem);
 }
 
-void write_all(int fd, const void* data, size_t size, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail(path, std::string("write failed: ") + std::strerror(errno));
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
 }  // namespace
 
 std::string safetensors_dtype(at::ScalarType type) {
@@ -92,19 +81,16 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   const uint64_t header_size = text.size();
 
   const std::string temporary = path + ".tmp";
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(temporary, std::string("cannot create: ") + std::strerror(errno));
   try {
-    write_all(fd, &header_size, sizeof(header_size), temporary);
-    write_all(fd, text.data(), text.size(), temporary);
-    for (const auto& t : cpu) write_all(fd, t.data_ptr(), t.numel() * t.element_size(), temporary);
-    if (::fsync(fd) != 0) fail(temporary, std::string("fsync failed: ") + std::strerror(errno));
+    CheckedFile file(temporary);
+    file.write(&header_size, sizeof(header_size));
+    file.write(text);
+    for (const auto& t : cpu) file.write(t.data_ptr(), t.numel() * t.element_size());
+    file.finish();
   } catch (...) {
-    ::close(fd);
     ::unlink(temporary.c_str());
     throw;
   }
-  ::close(fd);
   if (std::rename(temporary.c_str(), path.c_str()) != 0) {
     const std::string reason = std::strerror(errno);
     ::unlink(temporary.c_str());

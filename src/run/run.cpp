@@ -1,5 +1,7 @@
 #include "moelab/run/run.h"
 
+#include <spdlog/spdlog.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -22,12 +24,35 @@ std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std:
   return std::make_unique<train::Trainer>(assemble_run(resolved), run_dir);
 }
 
+namespace {
+
+// One warning line per checkpoint passed over.
+void warn_skipped(const train::CheckpointScan& scan) {
+  for (const auto& line : scan.skipped) spdlog::warn("skipping checkpoint {}", line);
+}
+
+// "no checkpoint" with each candidate and why it failed.
+[[noreturn]] void throw_no_checkpoint(const std::string& run_dir, const std::string& doing,
+                                      const train::CheckpointScan& scan) {
+  std::string message = run_dir + ": no complete checkpoint " + doing;
+  if (scan.skipped.empty()) {
+    message += " (" + std::string(train::kCheckpointDir) + "/ holds none)";
+  } else {
+    for (const auto& line : scan.skipped) message += "\n  " + line;
+  }
+  throw CheckpointError(message);
+}
+
+}  // namespace
+
 std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
                                            const std::vector<std::string>& overrides) {
-  const std::string directory = train::latest_checkpoint(run_dir);
-  if (directory.empty()) {
-    throw CheckpointError(run_dir + ": no complete checkpoint to resume from");
-  }
+  if (!fs::is_directory(run_dir)) throw CheckpointError(run_dir + ": no such run directory");
+  // Damaged checkpoints are moved aside, so their steps are written again.
+  const train::CheckpointScan scan = train::scan_checkpoints(run_dir, /*move_damaged=*/true);
+  warn_skipped(scan);
+  const std::string directory = scan.latest;
+  if (directory.empty()) throw_no_checkpoint(run_dir, "to resume from", scan);
   YAML::Node config = config::load_file(directory + "/" + train::kRunConfigFile);
   const auto& allowed = train::resume_overridable_keys();
   for (const auto& assignment : overrides) {
@@ -49,14 +74,12 @@ std::string resolve_checkpoint(const std::string& path, bool prefer_latest) {
     train::verify_checkpoint(path);
     return path;
   }
+  const train::CheckpointScan scan = train::scan_checkpoints(path);
+  warn_skipped(scan);
   const std::string best = prefer_latest ? "" : train::best_checkpoint(path);
   if (!best.empty()) return best;
-  const std::string latest = train::latest_checkpoint(path);
-  if (latest.empty()) {
-    throw CheckpointError(path + ": neither a checkpoint nor a run directory with a complete "
-                          "checkpoint");
-  }
-  return latest;
+  if (scan.latest.empty()) throw_no_checkpoint(path, "(neither a checkpoint nor a run with one)", scan);
+  return scan.latest;
 }
 
 namespace {

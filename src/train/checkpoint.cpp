@@ -4,12 +4,15 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
 
+#include "moelab/io/file.h"
 #include "moelab/io/safetensors.h"
 #include "moelab/util/errors.h"
 
@@ -23,11 +26,21 @@ void fsync_path(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
   if (fd < 0) throw CheckpointError(path + ": cannot open to fsync");
   const int rc = ::fsync(fd);
+  const int saved = errno;
   ::close(fd);
-  if (rc != 0) throw CheckpointError(path + ": fsync failed");
+  if (rc != 0) throw IoError(path + ": fsync failed: " + std::strerror(saved));
 }
 
 }  // namespace
+
+uint32_t manifest_checksum(const nlohmann::json& manifest) {
+  nlohmann::json content = manifest;
+  content.erase("checksum");
+  const std::string text = content.dump();
+  return static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(text.data()),
+            static_cast<uInt>(text.size())));
+}
 
 uint32_t file_crc32(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -59,7 +72,7 @@ void write_checkpoint(const std::string& directory, const FileWriters& files,
   try {
     nlohmann::json manifest{{"format", kCheckpointFormat},
                             {"format_version", kCheckpointFormatVersion},
-                            {"metadata", metadata},
+                            {"metadata", metadata.is_null() ? nlohmann::json::object() : metadata},
                             {"files", nlohmann::json::object()}};
     for (const auto& [name, writer] : files) {
       if (name.empty() || name == kManifestName || name.find('/') != std::string::npos) {
@@ -71,12 +84,13 @@ void write_checkpoint(const std::string& directory, const FileWriters& files,
       fsync_path(path, /*directory=*/false);
       manifest["files"][name] = {{"bytes", fs::file_size(path)}, {"crc32", file_crc32(path)}};
     }
-    const std::string manifest_path = (temporary / kManifestName).string();
-    std::ofstream(manifest_path) << manifest.dump(2) << "\n";
-    fsync_path(manifest_path, false);
-    fsync_path(temporary.string(), true);
+    manifest["checksum"] = manifest_checksum(manifest);
+    io::CheckedFile manifest_file((temporary / kManifestName).string());
+    manifest_file.write(manifest.dump(2) + "\n");
+    manifest_file.finish();
+    io::sync_directory(temporary.string());
     fs::rename(temporary, final_dir);
-    fsync_path(parent.string(), true);
+    io::sync_directory(parent.string());
   } catch (const fs::filesystem_error& e) {
     fs::remove_all(temporary, ec);
     throw CheckpointError(directory + ": " + e.what());
@@ -101,17 +115,28 @@ nlohmann::json read_manifest(const std::string& directory) {
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(manifest_path.string() + ": not valid JSON: " + e.what());
   }
-  if (manifest.value("format", "") != kCheckpointFormat) {
+  if (!manifest.is_object() || !manifest.contains("format") || !manifest["format"].is_string() ||
+      manifest["format"].get<std::string>() != kCheckpointFormat) {
     throw CheckpointError(manifest_path.string() + ": format is not " + kCheckpointFormat);
   }
-  const int version = manifest.value("format_version", -1);
-  if (version != kCheckpointFormatVersion) {
+  const int version = manifest["format_version"].is_number_integer()
+                          ? manifest["format_version"].get<int>()
+                          : -1;
+  if (version != kCheckpointFormatVersion && version != 1) {
     throw CheckpointError(manifest_path.string() + ": format_version " + std::to_string(version) +
                           " is not supported (this moelab reads version " +
                           std::to_string(kCheckpointFormatVersion) + ")");
   }
   if (!manifest.contains("files") || !manifest["files"].is_object()) {
     throw CheckpointError(manifest_path.string() + ": no file list");
+  }
+  // Version 1 manifests (before the checksum) are read as they are.
+  if (version >= 2 && (!manifest.contains("checksum") || !manifest["checksum"].is_number_unsigned() ||
+                       manifest["checksum"].get<uint32_t>() != manifest_checksum(manifest))) {
+    throw CheckpointError(manifest_path.string() + ": checksum mismatch (edited or damaged)");
+  }
+  if (!manifest.contains("metadata") || !manifest["metadata"].is_object()) {
+    throw CheckpointError(manifest_path.string() + ": no metadata section");
   }
   return manifest;
 }
@@ -121,13 +146,20 @@ nlohmann::json verify_checkpoint(const std::string& directory) {
   nlohmann::json manifest = read_manifest(directory);
   for (const auto& [name, entry] : manifest["files"].items()) {
     const fs::path path = dir / name;
-    if (!fs::exists(path)) throw CheckpointError(path.string() + ": listed in the manifest but missing");
-    const uint64_t bytes = entry.value("bytes", uint64_t{0});
+    if (!fs::is_regular_file(path)) {
+      throw CheckpointError(path.string() + ": listed in the manifest but missing");
+    }
+    if (!entry.is_object() || !entry.contains("bytes") || !entry["bytes"].is_number_unsigned() ||
+        !entry.contains("crc32") || !entry["crc32"].is_number_unsigned()) {
+      throw CheckpointError((dir / kManifestName).string() + ": entry '" + name +
+                            "' needs unsigned bytes and crc32");
+    }
+    const uint64_t bytes = entry["bytes"].get<uint64_t>();
     if (fs::file_size(path) != bytes) {
       throw CheckpointError(path.string() + ": " + std::to_string(fs::file_size(path)) +
                             " bytes, the manifest says " + std::to_string(bytes) + " (truncated?)");
     }
-    if (file_crc32(path.string()) != entry.value("crc32", uint32_t{0})) {
+    if (file_crc32(path.string()) != entry["crc32"].get<uint32_t>()) {
       throw CheckpointError(path.string() + ": checksum mismatch (corrupt)");
     }
   }

@@ -26,6 +26,20 @@ void visit(V& v, ScheduleOptions& o) {
 }
 MOELAB_DEFINE_OPTIONS_YAML(ScheduleOptions)
 
+void validate(const ScheduleOptions& o, const std::string& where) {
+  auto require = [&](bool ok, const std::string& key, const std::string& rule, double value) {
+    if (!ok) {
+      throw ConfigError(where + "." + key + ": must be " + rule + ", got " +
+                        config::shortest_text(value));
+    }
+  };
+  require(o.warmup_steps() >= 0, "warmup_steps", ">= 0", static_cast<double>(o.warmup_steps()));
+  require(o.step_size() >= 1, "step_size", ">= 1", static_cast<double>(o.step_size()));
+  require(o.gamma() > 0 && o.gamma() <= 1, "gamma", "in (0, 1]", o.gamma());
+  require(o.min_lr_ratio() >= 0 && o.min_lr_ratio() <= 1, "min_lr_ratio", "in [0, 1]",
+          o.min_lr_ratio());
+}
+
 ScheduleKind parse_schedule_kind(const std::string& name) {
   if (name == "constant") return ScheduleKind::kConstant;
   if (name == "step") return ScheduleKind::kStep;

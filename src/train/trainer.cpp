@@ -8,9 +8,11 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "moelab/config/config.h"
 #include "moelab/config/fields.h"
+#include "moelab/io/file.h"
 #include "moelab/io/safetensors.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/evaluation.h"
@@ -89,11 +91,13 @@ void validate(const TrainOptions& o) {
   auto require = [](bool ok, const std::string& key, const std::string& rule) {
     if (!ok) throw ConfigError("train." + key + ": must be " + rule);
   };
+  // NaN fails every comparison below, so "must be >= 0" also refuses .nan.
   require(o.max_steps() >= 1, "max_steps", ">= 1");
   require(o.epochs() >= 0, "epochs", ">= 0");
   require(o.batch_size() >= 1, "batch_size", ">= 1");
   require(o.grad_accumulation() >= 1, "grad_accumulation", ">= 1");
-  require(o.clip_grad_norm() >= 0, "clip_grad_norm", ">= 0");
+  require(o.clip_grad_norm() >= 0 && std::isfinite(o.clip_grad_norm()), "clip_grad_norm",
+          "finite and >= 0");
   require(o.val_fraction() >= 0 && o.val_fraction() < 1, "val_fraction", "in [0, 1)");
   require(o.log_every() >= 1, "log_every", ">= 1");
   require(o.eval_every() >= 0, "eval_every", ">= 0");
@@ -102,6 +106,7 @@ void validate(const TrainOptions& o) {
   require(o.keep_last() >= 1, "keep_last", ">= 1");
   require(o.max_nonfinite_steps() >= 1, "max_nonfinite_steps", ">= 1");
   validate(o.optimizer(), "train.optimizer");
+  validate(o.schedule(), "train.schedule");
   parse_duration(o.max_time(), "train.max_time");
   parse_precision(o.precision(), "train.precision");
   validate(o.monitor(), "train.monitor");
@@ -138,9 +143,7 @@ Trainer::Trainer(RunParts parts, const std::string& run_dir)
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) throw ConfigError(run_dir + ": cannot create run directory: " + ec.message());
-  std::ofstream out(fs::path(run_dir) / kRunConfigFile);
-  if (!out) throw ConfigError(run_dir + ": run directory is not writable");
-  out << YAML::Dump(config_) << "\n";
+  io::write_file_atomic((fs::path(run_dir) / kRunConfigFile).string(), YAML::Dump(config_) + "\n");
 }
 
 Trainer::Trainer(RunParts parts, const std::string& run_dir, Resumed)
@@ -454,15 +457,25 @@ void Trainer::save_checkpoint() {
       {"model.safetensors", [&](const std::string& p) { save_module_weights(*model_, p); }},
       {"optimizer.pt",
        [&](const std::string& p) {
+         // To memory first: LibTorch's file writer throws from its destructor on a full disk.
          torch::serialize::OutputArchive archive;
          optimizer_.optimizer->save(archive);
-         archive.save_to(p);
+         std::ostringstream bytes;
+         archive.save_to(bytes);
+         io::CheckedFile file(p);
+         file.write(bytes.str());
+         file.finish();
        }},
       {"rng.safetensors",
        [&](const std::string& p) {
          io::save_safetensors(p, {{"cpu", at::detail::getDefaultCPUGenerator().get_state()}});
        }},
-      {"config.yaml", [&](const std::string& p) { std::ofstream(p) << YAML::Dump(config_) << "\n"; }},
+      {"config.yaml",
+       [&](const std::string& p) {
+         io::CheckedFile file(p);
+         file.write(YAML::Dump(config_) + "\n");
+         file.finish();
+       }},
   };
   write_checkpoint(directory.string(), files,
                    {{"step", step_},
@@ -478,6 +491,8 @@ void Trainer::save_checkpoint() {
                        return states;
                      }()}});
   const bool keep_best = monitor_.keep_best() && early_stopping_.has_best();
+  // Older checkpoints go only once the new one reads back whole.
+  verify_checkpoint(directory.string());
   prune_checkpoints(run_dir_, options_.keep_last(),
                     keep_best ? checkpoint_name(early_stopping_.best_step()) : "");
 }
@@ -513,10 +528,12 @@ std::unique_ptr<Trainer> Trainer::resume(RunParts parts, const std::string& run_
                                          const std::string& checkpoint) {
   const bool config_changed = YAML::Dump(parts.config) !=
                               YAML::Dump(config::load_file(checkpoint + "/" + kRunConfigFile));
+  remove_temporary_checkpoints(run_dir);
   std::unique_ptr<Trainer> trainer(new Trainer(std::move(parts), run_dir, Resumed{}));
   trainer->load_checkpoint(checkpoint);
   if (config_changed) {
-    std::ofstream(fs::path(run_dir) / kRunConfigFile) << YAML::Dump(trainer->config_) << "\n";
+    io::write_file_atomic((fs::path(run_dir) / kRunConfigFile).string(),
+                          YAML::Dump(trainer->config_) + "\n");
   }
   // Metric lines written after the checkpoint belong to a future that is now rewritten.
   truncate_metrics(run_dir, trainer->step_);

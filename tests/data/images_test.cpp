@@ -156,3 +156,56 @@ TEST(DataRegistryTest, ImageEntriesAreRegisteredWithTheirDefaults) {
             "data.name: unknown data set 'fashion-mnist'; did you mean 'fashion_mnist'? "
             "(registered: synthetic_mixture synthetic_regression fashion_mnist mnist cifar10 cifar100)");
 }
+
+// Damaged files are refused before anything is allocated or trained on (issue 16).
+TEST_F(ImagesTest, DamagedIdxFilesAreRefusedWithWhatIsWrong) {
+  auto error = [&](const std::string& name) {
+    return moelab::testing::error_message<moelab::DataError>([&] { read_idx(path(name)); });
+  };
+  // Sizes whose product overflows, and a header that promises gigabytes the file does not hold.
+  write_plain("overflow", idx_bytes({0xffffffffu, 0xffffffffu, 0xffffffffu}, {}));
+  EXPECT_EQ(error("overflow"),
+            path("overflow") + ": the IDX header's sizes multiply to more than 2^40 bytes");
+  write_plain("huge", idx_bytes({60000, 28, 28}, {1, 2, 3}));
+  EXPECT_EQ(error("huge"),
+            path("huge") + ": truncated: the header promises 47040000 data bytes, the file has 3");
+  // Trailing bytes, plain and gzip.
+  write_plain("trailing", idx_bytes({2}, {1, 2}) + std::string(1000, 'x'));
+  EXPECT_EQ(error("trailing"),
+            path("trailing") + ": 1000 bytes after the data (trailing garbage, or not an IDX file)");
+  write_gzip("trailing.gz", idx_bytes({2}, {1, 2}) + std::string(1000, 'x'));
+  EXPECT_NE(error("trailing.gz").find("bytes after the data"), std::string::npos);
+  // Damaged gzip data: the CRC catches what decompresses without complaint.
+  std::vector<uint8_t> pixels(20000);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 7 % 251);
+  write_gzip("flipped.gz", idx_bytes({20000}, pixels));
+  ASSERT_TRUE(read_idx(path("flipped.gz")).defined());
+  {
+    std::fstream file(path("flipped.gz"), std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(0, std::ios::end);
+    const auto size = static_cast<int64_t>(file.tellg());
+    for (int64_t i = size / 2; i < size / 2 + 64; ++i) {
+      file.seekg(i);
+      const char c = static_cast<char>(file.get());
+      file.seekp(i);
+      file.put(static_cast<char>(c ^ 0x5a));
+    }
+  }
+  EXPECT_NE(error("flipped.gz").find(path("flipped.gz") + ": "), std::string::npos);
+  // A directory where a file belongs.
+  std::filesystem::create_directories(path("adir"));
+  EXPECT_EQ(error("adir"), path("adir") + ": is a directory, not an IDX file");
+}
+
+TEST_F(ImagesTest, ALabelOutOfRangeNamesTheSplitAndTheRecord) {
+  write_idx_set("train", 12, /*gzip=*/false);
+  write_idx_set("t10k", 3, /*gzip=*/false);
+  std::vector<uint8_t> labels{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1};
+  labels[7] = 12;
+  write_plain("train-labels-idx1-ubyte", idx_bytes({12}, labels));
+  EXPECT_EQ(moelab::testing::error_message<moelab::DataError>([&] {
+              load_image_data("fashion_mnist", ImageDataOptions().root(root_.string()));
+            }),
+            "data.fashion_mnist (" + root_.string() +
+                "): training record 7 has label 12, but there are only 10 classes");
+}

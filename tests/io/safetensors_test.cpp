@@ -125,5 +125,5 @@ TEST_F(SafetensorsTest, AFailedWriteKeepsTheExistingFile) {
                c10::Error);
   EXPECT_TRUE(torch::equal(load_safetensors(path("keep.safetensors")).tensors.at("w"), torch::ones({2})));
   EXPECT_THROW(save_safetensors(path("no/such/dir/x.safetensors"), {{"w", torch::ones({2})}}),
-               moelab::DataError);
+               moelab::IoError);
 }

@@ -12,8 +12,10 @@
 
 #include "moelab/run/run.h"
 #include "moelab/run/run_config.h"
+#include "moelab/io/file.h"
 #include "moelab/io/safetensors.h"
 #include "moelab/train/checkpoint.h"
+#include "moelab/train/run_directory.h"
 #include "moelab/train/schedule.h"
 #include "moelab/train/stopping.h"
 #include "moelab/train/trainer.h"
@@ -397,4 +399,89 @@ TEST_F(TrainerTest, ResNet18TrainsOnCifarFilesWithAugmentation) {
   EXPECT_EQ(lines_of_kind(dir("run"), "test").back()["samples"], 40);
   EXPECT_GE(summary.test.values.at("accuracy"), 0.9);
   EXPECT_LT(summary.final_train_loss, lines_of_kind(dir("run"), "train").front()["loss"].get<double>());
+}
+
+// Never lose a run (issue 16): a damaged newest checkpoint is moved aside, the run resumes from
+// the one before, writes the damaged step again, and ends bitwise equal to a straight run.
+TEST_F(TrainerTest, ADamagedNewestCheckpointIsMovedAsideAndWrittenAgain) {
+  YAML::Node config = tiny_config(12);
+  config["train"]["checkpoint_every"] = 4;
+  moelab::run::start_run(config, dir("straight"))->run();
+  moelab::run::start_run(config, dir("run"))->run();
+  const std::string newest = dir("run") + "/checkpoints/step-00000012";
+  {
+    std::fstream file(newest + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(200);
+    file.put('\x7f');
+  }
+  // A leftover of a killed checkpoint write.
+  fs::create_directories(dir("run") + "/checkpoints/.step-00000099.tmp");
+  auto resumed = moelab::run::resume_run(dir("run"));
+  EXPECT_EQ(resumed->step(), 10);  // the kept best (evaluated at step 10) is the newest valid one
+  EXPECT_TRUE(fs::is_directory(newest + ".damaged"));
+  EXPECT_FALSE(fs::exists(dir("run") + "/checkpoints/.step-00000099.tmp"));
+  resumed->run();
+  verify_checkpoint(newest);  // written again
+  expect_same_weights(dir("straight") + "/checkpoints/step-00000012", newest);
+  EXPECT_EQ(metrics(dir("straight")), metrics(dir("run")));
+}
+
+TEST_F(TrainerTest, AnEditedManifestIsDamagedAndNoCheckpointNamesEveryCandidate) {
+  YAML::Node config = tiny_config(4);
+  config["train"]["checkpoint_every"] = 2;
+  moelab::run::start_run(config, dir("run"))->run();
+  const std::string manifest_path = dir("run") + "/checkpoints/step-00000004/manifest.json";
+  nlohmann::json manifest;
+  std::ifstream(manifest_path) >> manifest;
+  // The step edited with the checksum left as it was: the manifest's own checksum fails.
+  manifest["metadata"]["step"] = -5;
+  std::ofstream(manifest_path) << manifest.dump(2);
+  const std::string checksum_error = moelab::testing::error_message<moelab::CheckpointError>(
+      [&] { verify_checkpoint(dir("run") + "/checkpoints/step-00000004"); });
+  EXPECT_NE(checksum_error.find("manifest.json: checksum mismatch (edited or damaged)"),
+            std::string::npos) << checksum_error;
+  // The step edited with a matching checksum: the directory's step decides.
+  manifest["metadata"]["step"] = 600;
+  manifest["checksum"] = manifest_checksum(manifest);
+  std::ofstream(manifest_path) << manifest.dump(2);
+  const CheckpointScan scan = scan_checkpoints(dir("run"));
+  EXPECT_EQ(scan.latest, dir("run") + "/checkpoints/step-00000002");
+  ASSERT_EQ(scan.skipped.size(), 1u);
+  EXPECT_NE(scan.skipped[0].find("metadata.step 600 is not the directory's step 4"),
+            std::string::npos) << scan.skipped[0];
+  // Damage the other one too: no checkpoint, and the message says why for each.
+  std::ofstream(dir("run") + "/checkpoints/step-00000002/manifest.json") << "{";
+  const std::string none = moelab::testing::error_message<moelab::CheckpointError>(
+      [&] { moelab::run::resume_run(dir("run")); });
+  EXPECT_NE(none.find("no complete checkpoint to resume from"), std::string::npos) << none;
+  EXPECT_NE(none.find("step-00000004/manifest.json: metadata.step 600"), std::string::npos) << none;
+  EXPECT_NE(none.find("step-00000002/manifest.json: not valid JSON"), std::string::npos) << none;
+  EXPECT_EQ(moelab::testing::error_message<moelab::CheckpointError>(
+                [&] { moelab::run::resume_run(dir("nowhere")); }),
+            dir("nowhere") + ": no such run directory");
+}
+
+TEST_F(TrainerTest, MetricsSurviveACutAppendAndNameABadLine) {
+  moelab::run::start_run(tiny_config(10), dir("run"))->run();
+  const std::string path = dir("run") + "/metrics.jsonl";
+  const size_t lines = read_metrics(dir("run")).size();
+  std::ofstream(path, std::ios::app) << R"({"kind":"train","st)";  // a kill mid-append
+  EXPECT_EQ(read_metrics(dir("run")).size(), lines);
+  truncate_metrics(dir("run"), 5);
+  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  for (const auto& line : read_metrics(dir("run"))) EXPECT_LE(line["step"].get<int64_t>(), 5);
+  std::ofstream(path, std::ios::app) << "garbage\n" << R"({"kind":"eval","step":6})" << "\n";
+  const std::string message = moelab::testing::error_message<moelab::DataError>(
+      [&] { read_metrics(dir("run")); });
+  EXPECT_NE(message.find("metrics.jsonl:"), std::string::npos) << message;
+  EXPECT_NE(message.find(": not a JSON object"), std::string::npos) << message;
+}
+
+TEST(CheckedFileTest, AFullDiskIsAnErrorNamingThePathAndTheCause) {
+  const std::string message = moelab::testing::error_message<moelab::IoError>([] {
+    moelab::io::CheckedFile file("/dev/full");
+    file.write(std::string(1 << 16, 'x'));
+    file.finish();
+  });
+  EXPECT_EQ(message, "/dev/full: write failed: No space left on device");
 }

@@ -21,7 +21,7 @@
 namespace moelab::train {
 
 inline constexpr const char* kCheckpointFormat = "moelab-checkpoint";
-inline constexpr int kCheckpointFormatVersion = 1;
+inline constexpr int kCheckpointFormatVersion = 2;  // 2: the manifest carries its checksum
 inline constexpr const char* kManifestName = "manifest.json";
 
 /// Writes each file by calling its writer with the path to write to.
@@ -39,6 +39,10 @@ nlohmann::json verify_checkpoint(const std::string& directory);
 /// The manifest alone (format and version checked, files not read): for a checkpoint verified
 /// just before, whose metadata is wanted without checksumming every file again.
 nlohmann::json read_manifest(const std::string& directory);
+
+/// CRC-32 of the manifest's JSON without its own "checksum" field: a manifest carries its
+/// checksum, so an edited or damaged one is refused like a damaged file.
+uint32_t manifest_checksum(const nlohmann::json& manifest);
 
 /// CRC-32 (zlib) of a whole file.
 uint32_t file_crc32(const std::string& path);

@@ -26,8 +26,22 @@ std::string checkpoint_path(const std::string& run_dir, int64_t step);
 /// Checkpoint directories of a run (complete or not), oldest first.
 std::vector<std::string> checkpoint_dirs(const std::string& run_dir);
 
+struct CheckpointScan {
+  std::string latest;                 // the newest checkpoint that verifies; "" if none does
+  std::vector<std::string> skipped;   // one line per newer checkpoint passed over: "PATH: why"
+};
+
+/// Verifies a run's checkpoints newest first until one passes: its manifest (checksum, types),
+/// every file's size and CRC-32, and a metadata step equal to its directory's. With
+/// `move_damaged`, each one that fails is renamed step-N.damaged (the step is written again when
+/// training comes round to it); otherwise it is only reported.
+CheckpointScan scan_checkpoints(const std::string& run_dir, bool move_damaged = false);
+
 /// The newest checkpoint directory of a run that verifies, or "" if none does.
 std::string latest_checkpoint(const std::string& run_dir);
+
+/// Removes the temporary directories of checkpoint writes that a kill interrupted.
+void remove_temporary_checkpoints(const std::string& run_dir);
 
 /// The run's best checkpoint (by the monitored metric, as the newest valid checkpoint records
 /// it) if it is kept and verifies, else "".
@@ -43,11 +57,13 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std:
 void append_metrics(const std::string& run_dir, const nlohmann::json& line);
 
 /// Every line of RUN/metrics.jsonl (empty if there is none); DataError naming the file and the
-/// line for one that is not JSON.
+/// line for one that is not JSON, except a last line without its newline (an append a kill
+/// cut short), which is left out.
 std::vector<nlohmann::json> read_metrics(const std::string& run_dir);
 
 /// Keeps only the lines with step <= `step` (a resumed run rewrites what came after its
-/// checkpoint).
+/// checkpoint). The file is rewritten to a temporary one, fsynced and renamed, so a kill at any
+/// moment leaves the old lines or the new ones.
 void truncate_metrics(const std::string& run_dir, int64_t step);
 
 }  // namespace moelab::train

@@ -34,6 +34,9 @@ struct ScheduleOptions {
 YAML::Node to_yaml(const ScheduleOptions& options);
 void from_yaml(const YAML::Node& node, ScheduleOptions& options, const std::string& where);
 
+/// ConfigError naming `where`.KEY and the value for an option out of range (NaN included).
+void validate(const ScheduleOptions& options, const std::string& where);
+
 /// The learning rate for optimiser step `step` (0-based) of `total_steps`.
 double learning_rate_at(int64_t step, int64_t total_steps, double base_lr,
                         const ScheduleOptions& options);

@@ -24,6 +24,13 @@ class CheckpointError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// A file could not be written (full disk, I/O error, read-only file system); names the path and
+/// the cause. Exit code 2.
+class IoError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 /// Training cannot go on (e.g. too many non-finite steps in a row).
 class TrainingError : public std::runtime_error {
  public:
