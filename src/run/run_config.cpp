@@ -107,6 +107,53 @@ std::shared_ptr<models::Model> build_model(const YAML::Node& resolved) {
   }
 }
 
+namespace {
+
+// The model's sizes against the data's, before any step: a mismatch found here names both keys
+// instead of failing inside the first forward pass. Models state their sizes under the common
+// keys (num_classes, input_dim, in_channels, image_size); a model without them is not checked.
+void check_model_fits_data(const YAML::Node& resolved, const data::Splits& splits,
+                           const train::Task& task) {
+  const YAML::Node model = resolved["model"];
+  auto model_size = [&](const char* key) {
+    return model[key] && model[key].IsScalar() ? model[key].as<int64_t>() : int64_t{-1};
+  };
+  const int64_t classes = static_cast<int64_t>(splits.class_names.size());
+  if (task.name() == "classification" && classes > 0 && model_size("num_classes") >= 0 &&
+      model_size("num_classes") != classes) {
+    throw ConfigError("model.num_classes (" + std::to_string(model_size("num_classes")) +
+                      ") does not match the " + std::to_string(classes) + " classes of data." +
+                      resolved["data"]["name"].as<std::string>() +
+                      " (HINT: set model.num_classes to the data's)");
+  }
+  if (data::size_of(splits.train) == 0) return;
+  const at::Tensor inputs = splits.train->range(0, 1).get(data::kInputs);
+  if (!inputs.defined()) return;
+  auto mismatch = [&](const char* key, int64_t expected, const std::string& what) {
+    throw ConfigError("model." + std::string(key) + " (" + std::to_string(model_size(key)) +
+                      ") does not match the data's " + std::to_string(expected) + " " + what +
+                      " (data." + resolved["data"]["name"].as<std::string>() + ")");
+  };
+  const at::Tensor targets = splits.train->range(0, 1).get(data::kTargets);
+  if (task.name() == "regression" && targets.defined() && targets.dim() == 2 &&
+      model_size("num_classes") >= 0 && model_size("num_classes") != targets.size(1)) {
+    mismatch("num_classes", targets.size(1), "regression targets per sample (the model's outputs)");
+  }
+  if (inputs.dim() == 2 && model_size("input_dim") >= 0 && model_size("input_dim") != inputs.size(1)) {
+    mismatch("input_dim", inputs.size(1), "features per sample");
+  }
+  if (inputs.dim() == 4) {
+    if (model_size("in_channels") >= 0 && model_size("in_channels") != inputs.size(1)) {
+      mismatch("in_channels", inputs.size(1), "image channels");
+    }
+    if (model_size("image_size") >= 0 && model_size("image_size") != inputs.size(2)) {
+      mismatch("image_size", inputs.size(2), "pixel image side");
+    }
+  }
+}
+
+}  // namespace
+
 train::RunParts assemble_run(const YAML::Node& resolved) {
   train::RunParts parts;
   parts.config = resolved;
@@ -115,6 +162,7 @@ train::RunParts assemble_run(const YAML::Node& resolved) {
   parts.model = build_model(resolved);
   parts.data = load_data(resolved);
   parts.task = make_task(resolved);
+  check_model_fits_data(resolved, parts.data, *parts.task);
   return parts;
 }
 

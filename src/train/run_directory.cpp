@@ -1,6 +1,8 @@
 #include "moelab/train/run_directory.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -136,8 +138,9 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std:
 void append_metrics(const std::string& run_dir, const nlohmann::json& line) {
   const fs::path path = fs::path(run_dir) / kMetricsFile;
   std::ofstream out(path, std::ios::app);
-  if (!out) throw std::runtime_error(path.string() + ": cannot append");
+  if (!out) throw IoError(path.string() + ": cannot append: " + std::strerror(errno));
   out << line.dump() << "\n";
+  if (!out.flush()) throw IoError(path.string() + ": write failed: " + std::strerror(errno));
 }
 
 std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {
