@@ -7,7 +7,7 @@ JOBS      ?= $(shell nproc)
 export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_file_ctime
 export CCACHE_DIR ?= $(HOME)/.cache/ccache
 
-.PHONY: deps configure build test bench demo clean clean-runs
+.PHONY: deps configure build test test-sanitize bench demo clean clean-runs
 
 deps:
 	./scripts/install-deps
@@ -22,6 +22,16 @@ build: configure
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+# The suite built with AddressSanitizer and UndefinedBehaviorSanitizer (too slow for CI: run it
+# when a reader, a parser or the checkpoint code changes). LibTorch itself is not instrumented.
+SANITIZE_DIR ?= build-sanitize
+test-sanitize: deps
+	cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOELAB_BUILD_BENCH=OFF \
+	  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+	cmake --build $(SANITIZE_DIR) -j $(JOBS)
+	cd $(SANITIZE_DIR) && ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS) --timeout 1200 -LE slow
 
 bench: build
 	$(BUILD_DIR)/bin/moelab_bench --benchmark_min_time=1

@@ -155,7 +155,7 @@ at::Tensor read_idx(const std::string& path) {
 }
 
 std::string find_idx_file(const std::string& root, const std::string& name) {
-  for (const std::string candidate : {name, name + ".gz"}) {
+  for (const std::string& candidate : {name, name + ".gz"}) {
     const fs::path p = fs::path(root) / candidate;
     if (fs::exists(p)) return p.string();
   }
