@@ -1,9 +1,11 @@
 #include "moelab/data/synthetic_mixture.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
 
 #include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
+#include "moelab/util/runtime.h"
 
 namespace moelab::data {
 
@@ -29,6 +31,15 @@ LabelledVectors make_synthetic_mixture(const SyntheticMixtureOptions& o) {
           "num_classes (" + std::to_string(o.num_classes()) + ") must be in [2, num_clusters=" +
               std::to_string(o.num_clusters()) + "]");
   require(o.cluster_std() > 0, "cluster_std must be > 0");
+  require(o.num_samples() <= (int64_t{1} << 31), "num_samples (" + std::to_string(o.num_samples()) +
+                                                      ") must be <= 2^31");
+  // Features, noise and centres gathered: about 12 bytes per value while the set is drawn.
+  const double bytes = 12.0 * static_cast<double>(o.num_samples()) * static_cast<double>(o.input_dim());
+  require(physical_memory_bytes() == 0 || bytes <= static_cast<double>(physical_memory_bytes()),
+          "num_samples (" + std::to_string(o.num_samples()) + ") x input_dim (" +
+              std::to_string(o.input_dim()) + ") needs about " + fmt::format("{:.1f}", bytes / 1e9) +
+              " GB; this machine has " +
+              fmt::format("{:.1f}", static_cast<double>(physical_memory_bytes()) / 1e9) + " GB");
   at::Generator generator = at::detail::createCPUGenerator(o.seed());
   at::Tensor centres =
       at::normal(0.0, o.center_scale(), {o.num_clusters(), o.input_dim()}, generator);

@@ -1,11 +1,13 @@
 #include "moelab/data/synthetic_regression.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
 
 #include <cmath>
 
 #include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
+#include "moelab/util/runtime.h"
 
 namespace moelab::data {
 
@@ -30,6 +32,12 @@ Batch make_synthetic_regression(const SyntheticRegressionOptions& o) {
           "in [1, 2^31]", o.num_samples());
   require(o.input_dim() >= 1, "input_dim", ">= 1", o.input_dim());
   require(o.num_outputs() >= 1, "num_outputs", ">= 1", o.num_outputs());
+  // x in float64 plus the gathered (N, outputs, D) maps: the larger term dominates.
+  const double bytes = 8.0 * static_cast<double>(o.num_samples()) * static_cast<double>(o.input_dim()) *
+                       (2.0 + static_cast<double>(o.num_outputs()));
+  require(physical_memory_bytes() == 0 || bytes <= static_cast<double>(physical_memory_bytes()),
+          "num_samples", "small enough to fit in memory (about " + fmt::format("{:.1f}", bytes / 1e9) +
+                             " GB needed)", o.num_samples());
   require(o.num_regions() >= 1, "num_regions", ">= 1", o.num_regions());
   require(std::isfinite(o.noise_std()) && o.noise_std() >= 0, "noise_std", "finite and >= 0",
           o.noise_std());

@@ -6,6 +6,7 @@
 #include "moelab/config/fields.h"
 #include "moelab/models/mlp_moe.h"
 #include "moelab/models/vision.h"
+#include "moelab/nn/activation.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::models {
@@ -25,15 +26,39 @@ ModelEntry add_model(const std::string& name, const std::string& description) {
           [](const YAML::Node& section, const std::string& where) -> std::shared_ptr<Model> {
             return std::make_shared<Impl>(parse_options<Options>(section, where));
           },
+          {},
           {}};
+}
+
+// Parameters of an MoE layer from its options, in double (sizes may be absurd on purpose).
+double moe_layer_parameters(const nn::MoELayerOptions& o) {
+  const double d = static_cast<double>(o.d_model()), f = static_cast<double>(o.experts().d_ff());
+  const double e = static_cast<double>(o.num_experts());
+  const double projections = nn::is_gated(o.experts().activation()) ? 3 : 2;
+  const double shared_f =
+      static_cast<double>(o.shared_d_ff() > 0 ? o.shared_d_ff() : o.experts().d_ff());
+  return d * e + e * projections * d * f +
+         static_cast<double>(o.num_shared_experts()) * projections * d * shared_f;
 }
 
 std::vector<ModelEntry> register_models() {
   std::vector<ModelEntry> entries;
   entries.push_back(add_model<MLPMoEOptions, MLPMoEImpl>(
       "mlp_moe", "MoE MLP for vector data (pre-norm residual MoE blocks); classes or outputs"));
+  entries.back().estimate_parameters = [](const YAML::Node& section) {
+    const auto o = parse_options<MLPMoEOptions>(section, "model");
+    const double d = static_cast<double>(o.moe().d_model());
+    return static_cast<double>(o.input_dim()) * d +
+           static_cast<double>(o.num_layers()) * (moe_layer_parameters(o.moe()) + 2 * d) +
+           d * static_cast<double>(o.num_classes());
+  };
   entries.push_back(add_model<VisionMoEOptions, VisionMoEImpl>(
       "vision_moe", "MoE of small CNN experts with a tiny CNN router; hard top-1 or top-k"));
+  entries.back().estimate_parameters = [](const YAML::Node& section) {
+    const auto o = parse_options<VisionMoEOptions>(section, "model");
+    return static_cast<double>(o.num_experts()) *
+           static_cast<double>(convnet_parameters(o.expert()));
+  };
   entries.back().dense_baseline = [](const YAML::Node& section, MatchTarget target) {
     YAML::Node model = to_yaml(dense_baseline(parse_options<VisionMoEOptions>(section, "model"), target));
     model["name"] = "cnn";

@@ -3,12 +3,16 @@
 #include <c10/util/Exception.h>
 #include <torch/utils.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <functional>
 
 #include "moelab/config/config.h"
 #include "moelab/data/registry.h"
 #include "moelab/models/registry.h"
 #include "moelab/util/errors.h"
+#include "moelab/util/runtime.h"
 
 namespace moelab::run {
 
@@ -97,10 +101,51 @@ train::TrainOptions train_options(const YAML::Node& resolved) {
   return options;
 }
 
+namespace {
+
+// "model.moe.num_experts=1000000, model.moe.d_ff=128, ..." - the largest numbers of a section,
+// the keys that make a model big.
+std::string largest_keys(const YAML::Node& node, const std::string& where) {
+  std::vector<std::pair<double, std::string>> found;
+  std::function<void(const YAML::Node&, const std::string&)> walk = [&](const YAML::Node& n,
+                                                                         const std::string& key) {
+    if (n.IsMap()) {
+      for (const auto& item : n) walk(item.second, key + "." + item.first.as<std::string>());
+    } else if (n.IsScalar()) {
+      try {
+        const double value = n.as<double>();
+        if (value >= 2) found.emplace_back(value, key + "=" + n.Scalar());
+      } catch (const YAML::Exception&) {
+      }
+    }
+  };
+  walk(node, where);
+  std::sort(found.rbegin(), found.rend());
+  std::string out;
+  for (size_t i = 0; i < found.size() && i < 4; ++i) out += (i ? ", " : "") + found[i].second;
+  return out;
+}
+
+}  // namespace
+
 std::shared_ptr<models::Model> build_model(const YAML::Node& resolved) {
   const std::string name = resolved["model"]["name"].as<std::string>();
+  const models::ModelEntry& entry = models::find_model(name);
+  const uint64_t memory = physical_memory_bytes();
+  if (entry.estimate_parameters && memory > 0) {
+    // Weights, gradients and AdamW's two moments: 16 bytes per float32 parameter.
+    const double parameters = entry.estimate_parameters(options_section(resolved["model"]));
+    const double bytes = 16 * parameters;
+    if (bytes > static_cast<double>(memory)) {
+      throw ConfigError(fmt::format(
+          "model: {:.3g} parameters need about {:.1f} GB for weights, gradients and optimizer "
+          "state; this machine has {:.1f} GB (largest settings: {})",
+          parameters, bytes / 1e9, static_cast<double>(memory) / 1e9,
+          largest_keys(options_section(resolved["model"]), "model")));
+    }
+  }
   try {
-    return models::find_model(name).build(options_section(resolved["model"]), "model");
+    return entry.build(options_section(resolved["model"]), "model");
   } catch (const c10::Error& e) {
     // The options parsed but their combination is invalid (top_k above num_experts, ...).
     throw ConfigError(std::string("model: ") + e.what_without_backtrace());

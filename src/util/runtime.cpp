@@ -1,5 +1,7 @@
 #include "moelab/util/runtime.h"
 
+#include <unistd.h>
+
 #include <dlfcn.h>
 #include <malloc.h>
 #include <sched.h>
@@ -24,6 +26,12 @@ int available_cores() {
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
   return 1;
+}
+
+uint64_t physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page_size = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page_size > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size)
+                                    : 0;
 }
 
 int init_runtime(const RuntimeOptions& options) {

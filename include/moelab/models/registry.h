@@ -30,6 +30,9 @@ struct ModelEntry {
   std::function<void(const YAML::Node& section, const std::string& where)> validate;
   /// Builds the model from a validated section.
   std::function<std::shared_ptr<Model>(const YAML::Node& section, const std::string& where)> build;
+  /// The parameter count a section would build, computed from the options alone (nothing is
+  /// allocated), so a size that cannot fit is refused before it is built. Empty: not known.
+  std::function<double(const YAML::Node& section)> estimate_parameters;
   /// For MoE models that have one: the model section (with `name`) of the dense baseline matched
   /// to this model's cost. Empty for models without a baseline.
   std::function<YAML::Node(const YAML::Node& section, MatchTarget target)> dense_baseline;

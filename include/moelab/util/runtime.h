@@ -5,6 +5,7 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <cstdint>
 #include <string>
 
 namespace moelab {
@@ -22,6 +23,9 @@ int init_runtime(const RuntimeOptions& options = {});
 
 /// Cores this process may run on (sched affinity), at least 1.
 int available_cores();
+
+/// Bytes of physical memory on this machine (sysconf), 0 if unknown.
+uint64_t physical_memory_bytes();
 
 /// Real path of the shared library that provides `sgemm_` in this process (empty if none), e.g.
 /// /usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3.
