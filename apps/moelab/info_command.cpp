@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "commands.h"
+#include "moelab/config/config.h"
 #include "moelab/run/run_config.h"
 #include "moelab/train/progress.h"
 
@@ -40,7 +41,12 @@ void register_info_command(CLI::App& app, Action& action) {
     action = [args] {
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
       if (!resolved) return;
-      const auto model = run::build_model(*resolved);
+      std::shared_ptr<models::Model> model;
+      try {
+        model = run::build_model(*resolved);
+      } catch (const ConfigError& e) {
+        throw config::with_origin(e, args->files, args->overrides);
+      }
       const models::ModelCost cost = model->cost();
       const std::string name = (*resolved)["model"]["name"].as<std::string>();
       if (args->json) {

@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "moelab/io/file.h"
 #include "moelab/util/errors.h"
 #include "moelab/util/runtime.h"
 
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
   }
   try {
     moelab::init_runtime(runtime);
+    moelab::io::inject_fault_from_environment();  // tests of kills and full disks (io/file.h)
     if (!moelab::blas_is_optimized()) {
       spdlog::warn("LibTorch's BLAS is '{}', not an optimised one: matmuls run ~20x slower. "
                    "Install libopenblas0-openmp.", moelab::blas_library_path());

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "commands.h"
+#include "moelab/config/config.h"
 #include "moelab/analysis/study.h"
 #include "moelab/run/run.h"
 #include "moelab/run/run_config.h"
@@ -70,7 +71,12 @@ void register_run_commands(CLI::App& app, Action& action) {
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
       if (!resolved) return;
       const std::string run_dir = args->run_dir.empty() ? default_run_dir() : args->run_dir;
-      auto trainer = run::start_run(*resolved, run_dir);
+      std::unique_ptr<train::Trainer> trainer;
+      try {
+        trainer = run::start_run(*resolved, run_dir);
+      } catch (const ConfigError& e) {  // a size that does not fit names the file that set it
+        throw config::with_origin(e, args->files, args->overrides);
+      }
       train_and_report(*trainer, run_dir);
     };
   });

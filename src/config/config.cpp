@@ -127,6 +127,38 @@ YAML::Node resolve(const YAML::Node& defaults, const std::vector<std::string>& f
   return resolved;
 }
 
+ConfigError with_origin(const ConfigError& error, const std::vector<std::string>& files,
+                        const std::vector<std::string>& overrides) {
+  const std::string message = error.what();
+  const std::string key = message.substr(0, message.find_first_of(": ("));
+  if (key.empty() || key.find('/') != std::string::npos) return error;  // names a file already
+  for (auto it = overrides.rbegin(); it != overrides.rend(); ++it) {
+    const std::string set = it->substr(0, it->find('='));
+    if (key == set || key.rfind(set + ".", 0) == 0) return error;  // the user typed it
+  }
+  for (auto it = files.rbegin(); it != files.rend(); ++it) {
+    YAML::Node root;
+    try {
+      root = YAML::LoadFile(*it);
+    } catch (const YAML::Exception&) {
+      continue;
+    }
+    YAML::Node node = root;
+    bool found = true;
+    for (size_t start = 0; found;) {
+      const size_t dot = key.find('.', start);
+      const std::string part = key.substr(start, dot - start);
+      const YAML::Node& parent = node;  // const: looking a key up must not create it
+      found = parent.IsMap() && static_cast<bool>(parent[part]);
+      if (found) node.reset(parent[part]);
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+    if (found) return ConfigError(*it + ":" + std::to_string(node.Mark().line + 1) + ": " + message);
+  }
+  return error;
+}
+
 namespace {
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> row(b.size() + 1);

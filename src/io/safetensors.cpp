@@ -91,10 +91,11 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
     ::unlink(temporary.c_str());
     throw;
   }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const std::string reason = std::strerror(errno);
+  try {
+    rename_path(temporary, path);
+  } catch (...) {
     ::unlink(temporary.c_str());
-    fail(path, "cannot move the written file into place: " + reason);
+    throw;
   }
 }
 

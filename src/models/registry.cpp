@@ -27,6 +27,7 @@ ModelEntry add_model(const std::string& name, const std::string& description) {
             return std::make_shared<Impl>(parse_options<Options>(section, where));
           },
           {},
+          {},
           {}};
 }
 
@@ -41,6 +42,16 @@ double moe_layer_parameters(const nn::MoELayerOptions& o) {
          static_cast<double>(o.num_shared_experts()) * projections * d * shared_f;
 }
 
+// Floats an MoE layer keeps per token for backward: the norm and residual, router logits and
+// probabilities, and for each of the k routed copies its input, hidden units and output.
+double moe_layer_activations(const nn::MoELayerOptions& o) {
+  const double d = static_cast<double>(o.d_model()), f = static_cast<double>(o.experts().d_ff());
+  const double projections = nn::is_gated(o.experts().activation()) ? 3 : 2;
+  const double k = static_cast<double>(o.router().top_k());
+  return 4 * d + 2 * static_cast<double>(o.num_experts()) + k * (2 * d + projections * f) +
+         static_cast<double>(o.num_shared_experts()) * (2 * d + projections * f);
+}
+
 std::vector<ModelEntry> register_models() {
   std::vector<ModelEntry> entries;
   entries.push_back(add_model<MLPMoEOptions, MLPMoEImpl>(
@@ -48,9 +59,16 @@ std::vector<ModelEntry> register_models() {
   entries.back().estimate_parameters = [](const YAML::Node& section) {
     const auto o = parse_options<MLPMoEOptions>(section, "model");
     const double d = static_cast<double>(o.moe().d_model());
-    return static_cast<double>(o.input_dim()) * d +
-           static_cast<double>(o.num_layers()) * (moe_layer_parameters(o.moe()) + 2 * d) +
-           d * static_cast<double>(o.num_classes());
+    const double classes = static_cast<double>(o.num_classes());
+    // input projection, per block a norm and the MoE layer, the final norm, the head
+    return (static_cast<double>(o.input_dim()) + 1) * d +
+           static_cast<double>(o.num_layers()) * (moe_layer_parameters(o.moe()) + 2 * d) + 2 * d +
+           (d + 1) * classes;
+  };
+  entries.back().estimate_activations = [](const YAML::Node& section) {
+    const auto o = parse_options<MLPMoEOptions>(section, "model");
+    return static_cast<double>(o.input_dim()) + 2 * static_cast<double>(o.num_classes()) +
+           static_cast<double>(o.num_layers()) * moe_layer_activations(o.moe());
   };
   entries.push_back(add_model<VisionMoEOptions, VisionMoEImpl>(
       "vision_moe", "MoE of small CNN experts with a tiny CNN router; hard top-1 or top-k"));
@@ -59,6 +77,10 @@ std::vector<ModelEntry> register_models() {
     return static_cast<double>(o.num_experts()) *
            static_cast<double>(convnet_parameters(o.expert()));
   };
+  entries.back().estimate_activations = [](const YAML::Node& section) {
+    const auto o = parse_options<VisionMoEOptions>(section, "model");
+    return static_cast<double>(o.router().top_k()) * convnet_activations(o.expert());
+  };
   entries.back().dense_baseline = [](const YAML::Node& section, MatchTarget target) {
     YAML::Node model = to_yaml(dense_baseline(parse_options<VisionMoEOptions>(section, "model"), target));
     model["name"] = "cnn";
@@ -66,8 +88,20 @@ std::vector<ModelEntry> register_models() {
   };
   entries.push_back(add_model<ConvNetOptions, DenseCNNImpl>(
       "cnn", "dense CNN baseline (the expert's structure with a width multiplier)"));
+  entries.back().estimate_parameters = [](const YAML::Node& section) {
+    return static_cast<double>(convnet_parameters(parse_options<ConvNetOptions>(section, "model")));
+  };
+  entries.back().estimate_activations = [](const YAML::Node& section) {
+    return convnet_activations(parse_options<ConvNetOptions>(section, "model"));
+  };
   entries.push_back(add_model<ResNet18Options, ResNet18Impl>(
       "resnet18", "ResNet-18, CIFAR form (3x3 stem, no max-pool)"));
+  entries.back().estimate_parameters = [](const YAML::Node& section) {
+    return resnet18_parameters(parse_options<ResNet18Options>(section, "model"));
+  };
+  entries.back().estimate_activations = [](const YAML::Node& section) {
+    return resnet18_activations(parse_options<ResNet18Options>(section, "model"));
+  };
   return entries;
 }
 

@@ -103,6 +103,17 @@ int64_t convnet_parameters(const ConvNetOptions& o) {
   return params + features * o.num_classes() + o.num_classes();
 }
 
+double convnet_activations(const ConvNetOptions& o) {
+  double side = static_cast<double>(o.image_size());
+  double floats = static_cast<double>(o.in_channels()) * side * side;
+  for (int64_t s = 0; s < o.depth(); ++s) {
+    const double out = static_cast<double>(stage_channels(o, s));
+    floats += 2 * out * side * side + out * (side / 2) * (side / 2);  // conv, ReLU, pool outputs
+    side /= 2;
+  }
+  return floats + 2 * static_cast<double>(hidden_units(o)) + static_cast<double>(o.num_classes());
+}
+
 int64_t convnet_flops(const ConvNetOptions& o) {
   int64_t flops = 0, in = o.in_channels(), side = o.image_size();
   for (int64_t s = 0; s < o.depth(); ++s) {
@@ -299,6 +310,31 @@ class BasicBlockImpl : public torch::nn::Module {
 TORCH_MODULE(BasicBlock);
 
 }  // namespace
+
+double resnet18_parameters(const ResNet18Options& o) {
+  const double w = static_cast<double>(o.width());
+  double in = w, params = 9 * static_cast<double>(o.in_channels()) * w + 2 * w;
+  for (int stage = 0; stage < 4; ++stage) {
+    const double out = w * static_cast<double>(1 << stage);
+    params += 9 * in * out + 9 * out * out + 4 * out;     // first block: two convs and their norms
+    if (stage > 0) params += in * out + 2 * out;          // projection shortcut
+    params += 2 * (9 * out * out + 2 * out);              // second block
+    in = out;
+  }
+  return params + in * static_cast<double>(o.num_classes()) + static_cast<double>(o.num_classes());
+}
+
+double resnet18_activations(const ResNet18Options& o) {
+  const double w = static_cast<double>(o.width());
+  double side = static_cast<double>(o.image_size());
+  double floats = static_cast<double>(o.in_channels()) * side * side + 3 * w * side * side;
+  for (int stage = 0; stage < 4; ++stage) {
+    if (stage > 0) side = std::ceil(side / 2);
+    const double out = w * static_cast<double>(1 << stage);
+    floats += 2 * (2 * 3 + 1) * out * side * side;  // two blocks: two conv-norm-ReLU, a sum each
+  }
+  return floats;
+}
 
 ResNet18Impl::ResNet18Impl(ResNet18Options options_) : options(std::move(options_)) {
   const int64_t w = options.width();

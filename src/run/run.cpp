@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "moelab/config/config.h"
+#include "moelab/io/file.h"
 #include "moelab/io/safetensors.h"
 #include "moelab/run/run_config.h"
 #include "moelab/train/checkpoint.h"
@@ -48,6 +49,8 @@ void warn_skipped(const train::CheckpointScan& scan) {
 std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
                                            const std::vector<std::string>& overrides) {
   if (!fs::is_directory(run_dir)) throw CheckpointError(run_dir + ": no such run directory");
+  // Leftovers of killed checkpoint writes go first, even when no checkpoint is complete.
+  train::remove_temporary_checkpoints(run_dir);
   // Damaged checkpoints are moved aside, so their steps are written again.
   const train::CheckpointScan scan = train::scan_checkpoints(run_dir, /*move_damaged=*/true);
   warn_skipped(scan);
@@ -176,15 +179,7 @@ nlohmann::json export_checkpoint(const std::string& path, const std::string& out
   if (!splits.input_mean.empty()) {
     config["input_normalization"] = {{"mean", splits.input_mean}, {"std", splits.input_std}};
   }
-  const fs::path config_path = fs::path(out_dir) / "config.json";
-  const fs::path temporary = fs::path(out_dir) / ".config.json.tmp";
-  {
-    std::ofstream out(temporary);
-    if (!out) throw ConfigError(out_dir + ": export directory is not writable");
-    out << config.dump(2) << "\n";
-    if (!out.flush()) throw std::runtime_error(temporary.string() + ": write failed");
-  }
-  fs::rename(temporary, config_path);
+  io::write_file_atomic((fs::path(out_dir) / "config.json").string(), config.dump(2) + "\n");
   return config;
 }
 

@@ -43,7 +43,11 @@ std::string section_name(const YAML::Node& user, const std::string& section,
 
 YAML::Node resolve_run_config(const std::vector<std::string>& files,
                               const std::vector<std::string>& overrides) {
-  return resolve_run_config(config::resolve(YAML::Node(YAML::NodeType::Map), files, overrides));
+  try {
+    return resolve_run_config(config::resolve(YAML::Node(YAML::NodeType::Map), files, overrides));
+  } catch (const ConfigError& e) {
+    throw config::with_origin(e, files, overrides);
+  }
 }
 
 YAML::Node resolve_run_config(const YAML::Node& user) {
@@ -133,15 +137,25 @@ std::shared_ptr<models::Model> build_model(const YAML::Node& resolved) {
   const models::ModelEntry& entry = models::find_model(name);
   const uint64_t memory = physical_memory_bytes();
   if (entry.estimate_parameters && memory > 0) {
-    // Weights, gradients and AdamW's two moments: 16 bytes per float32 parameter.
-    const double parameters = entry.estimate_parameters(options_section(resolved["model"]));
-    const double bytes = 16 * parameters;
-    if (bytes > static_cast<double>(memory)) {
+    // Weights, gradients and AdamW's two moments: 16 bytes per float32 parameter; one batch's
+    // activations and their gradients: 8 bytes per float kept for backward.
+    const YAML::Node section = options_section(resolved["model"]);
+    const double parameters = entry.estimate_parameters(section);
+    const YAML::Node batch_node = resolved["train"] ? resolved["train"]["batch_size"] : YAML::Node();
+    const double batch = batch_node && batch_node.IsScalar() ? batch_node.as<double>() : 0.0;
+    const double activations = entry.estimate_activations ? entry.estimate_activations(section) : 0.0;
+    const double parameter_bytes = 16 * parameters, activation_bytes = 8 * activations * batch;
+    if (parameter_bytes + activation_bytes > static_cast<double>(memory)) {
+      std::string largest = largest_keys(section, "model");
+      if (activation_bytes > parameter_bytes) {
+        largest = "train.batch_size=" + batch_node.Scalar() + (largest.empty() ? "" : ", ") + largest;
+      }
       throw ConfigError(fmt::format(
           "model: {:.3g} parameters need about {:.1f} GB for weights, gradients and optimizer "
-          "state; this machine has {:.1f} GB (largest settings: {})",
-          parameters, bytes / 1e9, static_cast<double>(memory) / 1e9,
-          largest_keys(options_section(resolved["model"]), "model")));
+          "state, and one batch of {:.0f} about {:.1f} GB of activations; this machine has "
+          "{:.1f} GB (largest settings: {})",
+          parameters, parameter_bytes / 1e9, batch, activation_bytes / 1e9,
+          static_cast<double>(memory) / 1e9, largest));
     }
   }
   try {

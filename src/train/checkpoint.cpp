@@ -20,18 +20,6 @@ namespace fs = std::filesystem;
 
 namespace moelab::train {
 
-namespace {
-
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) throw CheckpointError(path + ": cannot open to fsync");
-  const int rc = ::fsync(fd);
-  const int saved = errno;
-  ::close(fd);
-  if (rc != 0) throw IoError(path + ": fsync failed: " + std::strerror(saved));
-}
-
-}  // namespace
 
 uint32_t manifest_checksum(const nlohmann::json& manifest) {
   nlohmann::json content = manifest;
@@ -81,7 +69,7 @@ void write_checkpoint(const std::string& directory, const FileWriters& files,
       const std::string path = (temporary / name).string();
       writer(path);
       if (!fs::exists(path)) throw CheckpointError(path + ": the writer did not create it");
-      fsync_path(path, /*directory=*/false);
+      io::sync_file(path);
       manifest["files"][name] = {{"bytes", fs::file_size(path)}, {"crc32", file_crc32(path)}};
     }
     manifest["checksum"] = manifest_checksum(manifest);
@@ -89,7 +77,7 @@ void write_checkpoint(const std::string& directory, const FileWriters& files,
     manifest_file.write(manifest.dump(2) + "\n");
     manifest_file.finish();
     io::sync_directory(temporary.string());
-    fs::rename(temporary, final_dir);
+    io::rename_path(temporary.string(), final_dir.string());
     io::sync_directory(parent.string());
   } catch (const fs::filesystem_error& e) {
     fs::remove_all(temporary, ec);

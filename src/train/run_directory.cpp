@@ -137,10 +137,11 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std:
 
 void append_metrics(const std::string& run_dir, const nlohmann::json& line) {
   const fs::path path = fs::path(run_dir) / kMetricsFile;
-  std::ofstream out(path, std::ios::app);
-  if (!out) throw IoError(path.string() + ": cannot append: " + std::strerror(errno));
-  out << line.dump() << "\n";
-  if (!out.flush()) throw IoError(path.string() + ": write failed: " + std::strerror(errno));
+  // Appended without fsync: a kill loses nothing the kernel has; a line cut short by a power
+  // cut is dropped by read_metrics and the resume rewrites the file from the checkpoint's step.
+  io::CheckedFile file(path.string(), io::CheckedFile::Mode::kAppend);
+  file.write(line.dump() + "\n");
+  file.finish();
 }
 
 std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {

@@ -26,6 +26,14 @@ class ClassificationAccumulator : public MetricAccumulator {
     m.values = {{"loss", loss_sum_ / n}, {"accuracy", correct_ / n}};
     return m;
   }
+  nlohmann::json state() const override {
+    return {{"loss_sum", loss_sum_}, {"correct", correct_}, {"samples", samples_}};
+  }
+  void load_state(const nlohmann::json& state) override {
+    loss_sum_ = state.at("loss_sum").get<double>();
+    correct_ = state.at("correct").get<double>();
+    samples_ = state.at("samples").get<int64_t>();
+  }
 
  private:
   double loss_sum_ = 0, correct_ = 0;
@@ -105,6 +113,25 @@ class RegressionAccumulator : public MetricAccumulator {
                 {"r2", mean(r2)}};
     m.details = {{"per_output", {{"mse", mse}, {"mae", mae}, {"pearson", pearson}, {"r2", r2}}}};
     return m;
+  }
+  nlohmann::json state() const override {
+    nlohmann::json sums = nullptr;
+    if (sums_.defined()) {
+      const at::Tensor s = sums_.contiguous();
+      sums = {{"outputs", s.size(1)},
+              {"values", std::vector<double>(s.data_ptr<double>(), s.data_ptr<double>() + s.numel())}};
+    }
+    return {{"sums", sums}, {"loss_sum", loss_sum_}, {"samples", samples_}};
+  }
+  void load_state(const nlohmann::json& state) override {
+    const auto& sums = state.at("sums");
+    sums_ = at::Tensor();
+    if (!sums.is_null()) {
+      const auto values = sums.at("values").get<std::vector<double>>();
+      sums_ = at::tensor(values, at::kDouble).reshape({7, sums.at("outputs").get<int64_t>()});
+    }
+    loss_sum_ = state.at("loss_sum").get<double>();
+    samples_ = state.at("samples").get<int64_t>();
   }
 
  private:

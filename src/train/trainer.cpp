@@ -238,10 +238,8 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
   TrainSummary summary;
   summary.total_steps = total_steps_;
   model_->train();
-  double interval_loss = 0, interval_task = 0, interval_aux = 0;
   double running_loss = std::nan("");
-  int64_t interval_steps = 0;
-  std::unique_ptr<MetricAccumulator> interval_metrics = task_->accumulator();
+  if (!interval_.metrics) interval_.metrics = task_->accumulator();
   process_start_ = Clock::now();
   const int64_t first_step = step_;
   auto interval_start = Clock::now(), last_checkpoint_time = Clock::now(), last_draw = Clock::now();
@@ -287,7 +285,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
             interval_tally_[l].add(micro.output.moe_layers[l].stats, micro.sample_loss);
             epoch_tally_[l].add(micro.output.moe_layers[l].stats, micro.sample_loss);
           }
-          interval_metrics->add(micro.output, micro.batch, micro.sample_loss);
+          interval_.metrics->add(micro.output, micro.batch, micro.sample_loss);
           const double loss_value = micro.loss.item<double>();
           if (std::isfinite(loss_value)) {
             running_loss =
@@ -296,9 +294,9 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
           routing = micro.output.moe_layers;
           last_model_terms = micro.output.model_terms;
         });
-    interval_loss += step.loss_sum;
-    interval_task += step.task_loss_sum;
-    interval_aux += step.aux_loss_sum;
+    interval_.loss += step.loss_sum;
+    interval_.task_loss += step.task_loss_sum;
+    interval_.aux_loss += step.aux_loss_sum;
     if (!step.finite) {
       ++nonfinite_total_;
       append_metrics(nlohmann::json{{"kind", "skip"},
@@ -321,23 +319,23 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     }
     nonfinite_in_a_row_ = 0;
     ++step_;
-    ++interval_steps;
+    ++interval_.steps;
     // Before any checkpoint of this step, so a resumed run does not write the line again.
     if (epoch_exhausted()) write_epoch_line();
 
     if (step_ % options_.log_every() == 0 || step_ == last) {
       const double seconds = std::chrono::duration<double>(Clock::now() - interval_start).count();
-      const double micro_batches = static_cast<double>(interval_steps * options_.grad_accumulation());
-      summary.final_train_loss = interval_loss / micro_batches;
-      const Metrics train_metrics = interval_metrics->result();
+      const double micro_batches = static_cast<double>(interval_.steps * options_.grad_accumulation());
+      summary.final_train_loss = interval_.loss / micro_batches;
+      const Metrics train_metrics = interval_.metrics->result();
       const double samples_per_s =
           static_cast<double>(train_metrics.samples) / std::max(seconds, 1e-9);
       nlohmann::json line{{"kind", "train"},
                           {"step", step_},
                           {"epoch", epoch_},
                           {"loss", summary.final_train_loss},
-                          {"task_loss", interval_task / micro_batches},
-                          {"aux_loss", interval_aux / micro_batches},
+                          {"task_loss", interval_.task_loss / micro_batches},
+                          {"aux_loss", interval_.aux_loss / micro_batches},
                           {"lr", lr},
                           {"skipped_steps", nonfinite_total_},
                           {"samples_per_s", samples_per_s},
@@ -356,9 +354,8 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
                         step_, total_steps_, summary.final_train_loss, shown, lr, samples_per_s,
                         format_clock(seconds_trained())));
       }
-      interval_loss = interval_task = interval_aux = 0;
-      interval_steps = 0;
-      interval_metrics = task_->accumulator();
+      interval_ = LogInterval{};
+      interval_.metrics = task_->accumulator();
       interval_start = Clock::now();
     }
 
@@ -406,7 +403,15 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
   }
   if (console_mode_ == ConsoleMode::kProgressBar) *console_ << "\n";
   const bool finished = step_ == total_steps_ || stop == StopReason::kEarlyStopping;
-  if (step_ > first_step && finished) {
+  // A finished run whose final evaluation line was never written (the process ended between the
+  // last checkpoint and that line) writes it on resume.
+  const auto tested_already = [&] {
+    for (const auto& line : read_metrics(run_dir_)) {
+      if (line.value("kind", "") == "test" && line.value("step", int64_t{-1}) == step_) return true;
+    }
+    return false;
+  };
+  if (finished && (step_ > first_step || !tested_already())) {
     const bool has_test = data::size_of(data_.test) > 0;
     const std::shared_ptr<data::DataSource>& set = has_test ? data_.test : data_.val;
     if (data::size_of(set) > 0) {
@@ -489,6 +494,18 @@ void Trainer::save_checkpoint() {
                        nlohmann::json states = nlohmann::json::array();
                        for (const auto& tally : epoch_tally_) states.push_back(tally.state());
                        return states;
+                     }()},
+                    {"log_interval", [&] {
+                       nlohmann::json tallies = nlohmann::json::array();
+                       for (const auto& tally : interval_tally_) tallies.push_back(tally.state());
+                       return nlohmann::json{{"loss", interval_.loss},
+                                             {"task_loss", interval_.task_loss},
+                                             {"aux_loss", interval_.aux_loss},
+                                             {"steps", interval_.steps},
+                                             {"metrics", interval_.metrics
+                                                             ? interval_.metrics->state()
+                                                             : nlohmann::json(nullptr)},
+                                             {"tally", tallies}};
                      }()}});
   const bool keep_best = monitor_.keep_best() && early_stopping_.has_best();
   // Older checkpoints go only once the new one reads back whole.
@@ -512,6 +529,22 @@ void Trainer::load_checkpoint(const std::string& directory) {
   for (const auto& state : meta.value("epoch_tally", nlohmann::json::array())) {
     epoch_tally_.emplace_back();
     epoch_tally_.back().load_state(state);
+  }
+  // Checkpoints before the log interval was saved resume with an empty one.
+  interval_ = LogInterval{};
+  interval_.metrics = task_->accumulator();
+  interval_tally_.clear();
+  if (meta.contains("log_interval")) {
+    const auto& interval = meta["log_interval"];
+    interval_.loss = interval.at("loss").get<double>();
+    interval_.task_loss = interval.at("task_loss").get<double>();
+    interval_.aux_loss = interval.at("aux_loss").get<double>();
+    interval_.steps = interval.at("steps").get<int64_t>();
+    if (!interval.at("metrics").is_null()) interval_.metrics->load_state(interval["metrics"]);
+    for (const auto& state : interval.at("tally")) {
+      interval_tally_.emplace_back();
+      interval_tally_.back().load_state(state);
+    }
   }
   epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, data_.train->size());
   load_module_weights(*model_, directory + "/model.safetensors");

@@ -6,6 +6,7 @@
 #include "moelab/config/config.h"
 #include "moelab/config/fields.h"
 #include "moelab/nn/options_yaml.h"
+#include "moelab/run/run_config.h"
 #include "moelab/util/errors.h"
 #include "support/fixtures.h"
 
@@ -156,4 +157,23 @@ TEST(ConfigFieldsTest, FloatsAreWrittenInTheShortestFormThatReadsBackExactly) {
   const std::string dumped = YAML::Dump(moelab::nn::to_yaml(
       moelab::nn::MoELayerOptions(4, 8, 2).router(moelab::nn::RouterOptions(4, 2).temperature(0.9))));
   EXPECT_NE(dumped.find("temperature: 0.9\n"), std::string::npos) << dumped;
+}
+
+// A type or range error found after the files are merged still names the file and line that set
+// the value; a value from an override or from the defaults is named by its key alone.
+TEST_F(ConfigTest, ErrorsAfterTheMergeNameTheFileAndLineThatSetTheKey) {
+  const std::string first = write("first.yaml", "train:\n  max_steps: 10\n  batch_size: 8\n");
+  const std::string second = write("second.yaml", "# later wins\ntrain:\n\n  max_steps: abc\n");
+  const std::string message = moelab::testing::error_message<moelab::ConfigError>(
+      [&] { moelab::run::resolve_run_config({first, second}, {}); });
+  EXPECT_EQ(message, second + ":4: train.max_steps: expected an integer, got 'abc'");
+  const std::string overridden = moelab::testing::error_message<moelab::ConfigError>(
+      [&] { moelab::run::resolve_run_config({first, second}, {"train.max_steps=xyz"}); });
+  EXPECT_EQ(overridden, "train.max_steps: expected an integer, got 'xyz'");
+  const std::string nested = moelab::testing::error_message<moelab::ConfigError>([&] {
+    moelab::run::resolve_run_config(
+        {write("third.yaml", "model:\n  moe:\n    num_experts: [1, 2]\n")}, {});
+  });
+  EXPECT_EQ(nested.rfind(path("third.yaml") + ":3: model.moe.num_experts: expected an integer", 0), 0u)
+      << nested;
 }

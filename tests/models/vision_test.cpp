@@ -3,6 +3,8 @@
 
 #include "moelab/run/run.h"
 #include "moelab/run/run_config.h"
+#include "moelab/config/config.h"
+#include "moelab/models/registry.h"
 #include "moelab/models/vision.h"
 
 using namespace moelab::models;
@@ -146,4 +148,24 @@ TEST(VisionRegistryTest, ConfigBuildsEachVisionModel) {
   ASSERT_NE(model, nullptr);
   EXPECT_EQ(model->options.num_experts(), 8);
   EXPECT_EQ(model->experts[0]->options.width(), 8);
+}
+
+// The up-front memory check's estimates, from the options alone, against the built models.
+TEST(ModelRegistryTest, ParameterEstimatesMatchTheBuiltModels) {
+  for (const auto& entry : moelab::models::model_registry()) {
+    ASSERT_TRUE(entry.estimate_parameters) << entry.name;
+    ASSERT_TRUE(entry.estimate_activations) << entry.name;
+    auto config = moelab::run::resolve_run_config({}, {"model.name=" + entry.name});
+    YAML::Node section = moelab::config::clone(config["model"]);
+    section.remove("name");
+    const double built = static_cast<double>(moelab::run::build_model(config)->cost().parameters_total);
+    // vision_moe leaves out its tiny router; the others are exact.
+    EXPECT_NEAR(entry.estimate_parameters(section), built, entry.name == "vision_moe" ? 0.02 * built : 0.5)
+        << entry.name;
+    EXPECT_GT(entry.estimate_activations(section), 0) << entry.name;
+  }
+  // Activations grow with the image area: a ResNet-18 on 64x64 keeps ~4x what it keeps on 32x32.
+  const double small = resnet18_activations(ResNet18Options()),
+               large = resnet18_activations(ResNet18Options().image_size(64));
+  EXPECT_NEAR(large / small, 4.0, 0.1);
 }

@@ -485,3 +485,62 @@ TEST(CheckedFileTest, AFullDiskIsAnErrorNamingThePathAndTheCause) {
   });
   EXPECT_EQ(message, "/dev/full: write failed: No space left on device");
 }
+
+// A full disk (ENOSPC) or an I/O error (EIO) at any checked write of a run, injected through
+// io::inject_fault: the run ends with an IoError naming the path and the cause, leaves no
+// temporary file or directory, every checkpoint on disk still verifies, and a resume finishes the
+// run bitwise equal to one that never failed.
+TEST_F(TrainerTest, AFullDiskAtAnyWriteCostsAtMostTheStepsSinceTheLastCheckpoint) {
+  YAML::Node config = tiny_config(8);
+  config["train"]["checkpoint_every"] = 4;
+  config["train"]["keep_last"] = 1;
+  moelab::io::clear_fault();
+  moelab::run::start_run(config, dir("straight"))->run();
+  const int64_t operations = moelab::io::operations_counted();
+  ASSERT_GT(operations, 60);  // run config, metrics appends and two checkpoints of 4 files
+
+  int64_t failures = 0, resumed = 0;
+  for (int64_t at = 1; at <= operations; ++at) {
+    const std::string run = dir("fault" + std::to_string(at));
+    moelab::io::Fault fault;
+    fault.at = at;
+    fault.error = at % 7 == 0 ? EIO : ENOSPC;
+    moelab::io::inject_fault(fault);
+    std::string message;
+    try {
+      moelab::run::start_run(config, run)->run();
+    } catch (const moelab::IoError& e) {
+      message = e.what();
+    }
+    moelab::io::clear_fault();
+    ASSERT_FALSE(message.empty()) << "operation " << at << " failed and the run went on";
+    ++failures;
+    EXPECT_EQ(message.rfind(run, 0), 0u) << message;  // names the path first
+    EXPECT_NE(message.find(at % 7 == 0 ? "Input/output error" : "No space left on device"),
+              std::string::npos) << message;
+    for (const auto& entry : fs::recursive_directory_iterator(run)) {
+      EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos)
+          << "operation " << at << " left " << entry.path();
+    }
+    bool any_checkpoint = false;
+    if (fs::is_directory(run + "/checkpoints")) {
+      for (const auto& entry : fs::directory_iterator(run + "/checkpoints")) {
+        EXPECT_NO_THROW(verify_checkpoint(entry.path().string())) << "operation " << at;
+        any_checkpoint = true;
+      }
+    }
+    if (!any_checkpoint) continue;  // the disk filled before the first checkpoint
+    moelab::run::resume_run(run)->run();
+    ++resumed;
+    expect_same_weights(dir("straight") + "/checkpoints/step-00000008",
+                        run + "/checkpoints/step-00000008");
+    const auto expected = metrics(dir("straight")), got = metrics(run);
+    ASSERT_EQ(expected.size(), got.size()) << "operation " << at;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(expected[i], got[i]) << "operation " << at << ", metrics line " << i + 1;
+    }
+    fs::remove_all(run);
+  }
+  EXPECT_EQ(failures, operations);
+  EXPECT_GT(resumed, operations / 3);
+}

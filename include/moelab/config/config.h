@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "moelab/util/errors.h"
+
 namespace moelab::config {
 
 /// Reads one YAML file; its top level must be a mapping. ConfigError on a missing file or bad
@@ -26,6 +28,12 @@ void apply_override(YAML::Node& root, const std::string& assignment);
 /// defaults < files (in order) < overrides. The result is a fresh tree; `defaults` is unchanged.
 YAML::Node resolve(const YAML::Node& defaults, const std::vector<std::string>& files,
                    const std::vector<std::string>& overrides);
+
+/// `error` with "FILE:LINE: " in front when the key its message starts with ("train.lr: ...")
+/// was set by one of `files` (the last one that sets it, unless an override does): a type or
+/// range error found after the merge then still names where the value was written.
+ConfigError with_origin(const ConfigError& error, const std::vector<std::string>& files,
+                        const std::vector<std::string>& overrides);
 
 /// The candidate closest to `key` by edit distance, or "" if none is reasonably close.
 std::string nearest(const std::string& key, const std::vector<std::string>& candidates);

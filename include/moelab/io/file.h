@@ -4,6 +4,8 @@
 // throws from a destructor.
 #pragma once
 
+#include <cerrno>
+#include <cstdint>
 #include <string>
 
 #include "moelab/util/errors.h"
@@ -14,8 +16,9 @@ namespace moelab::io {
 /// unfinished file closes it without checking (the caller is already handling an error).
 class CheckedFile {
  public:
-  /// Creates or truncates `path`.
-  explicit CheckedFile(std::string path);
+  enum class Mode { kTruncate, kAppend };
+  /// Creates or truncates `path` (or opens it to append, creating it if missing).
+  explicit CheckedFile(std::string path, Mode mode = Mode::kTruncate);
   ~CheckedFile();
   CheckedFile(const CheckedFile&) = delete;
   CheckedFile& operator=(const CheckedFile&) = delete;
@@ -37,5 +40,36 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 
 /// fsync of a directory (after a rename in it), checked.
 void sync_directory(const std::string& path);
+
+/// fsync of a file already written and closed (by a writer that is not a CheckedFile), checked.
+void sync_file(const std::string& path);
+
+/// rename(2), checked: IoError naming both paths and the cause.
+void rename_path(const std::string& from, const std::string& to);
+
+// ---- fault injection ----------------------------------------------------------------------
+// Every checked operation above (create, write, fsync, close, rename) is counted. A test (or the
+// tool, through the environment variable MOELAB_INJECT_FAULT) can make the N-th operation from
+// now fail with an errno, as a full disk or a bad sector would, or end the process with SIGKILL
+// there, as a kill or a power cut would. A write that faults first writes half its bytes.
+
+struct Fault {
+  enum class Kind { kFail, kKill };
+  Kind kind = Kind::kFail;
+  /// 1-based index of the operation, counted from the call to inject_fault.
+  int64_t at = 1;
+  /// The errno a kFail operation reports.
+  int error = ENOSPC;
+};
+
+/// Arms `fault` and restarts the count.
+void inject_fault(const Fault& fault);
+/// Disarms any fault and restarts the count.
+void clear_fault();
+/// Checked operations since the last inject_fault/clear_fault (or since the process started).
+int64_t operations_counted();
+/// Arms the fault MOELAB_INJECT_FAULT describes, if it is set: "kill@N", "enospc@N" or "eio@N".
+/// ConfigError on any other value.
+void inject_fault_from_environment();
 
 }  // namespace moelab::io

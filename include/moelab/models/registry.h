@@ -33,6 +33,8 @@ struct ModelEntry {
   /// The parameter count a section would build, computed from the options alone (nothing is
   /// allocated), so a size that cannot fit is refused before it is built. Empty: not known.
   std::function<double(const YAML::Node& section)> estimate_parameters;
+  /// Floats the forward pass keeps per sample for backward (activations), estimated the same way.
+  std::function<double(const YAML::Node& section)> estimate_activations;
   /// For MoE models that have one: the model section (with `name`) of the dense baseline matched
   /// to this model's cost. Empty for models without a baseline.
   std::function<YAML::Node(const YAML::Node& section, MatchTarget target)> dense_baseline;

@@ -55,6 +55,9 @@ nlohmann::json convnet_sizes(const ConvNetOptions& options);
 /// Exact parameter count and forward FLOPs per image of a ConvNet.
 int64_t convnet_parameters(const ConvNetOptions& options);
 int64_t convnet_flops(const ConvNetOptions& options);
+/// Floats a ConvNet keeps per image for its backward pass (a size estimate, not exact), in
+/// double so that absurd sizes do not overflow.
+double convnet_activations(const ConvNetOptions& options);
 
 /// conv-ReLU-pool stack, then (hidden fc + ReLU) and the classifier. Takes (n, C, H, W) or the
 /// same images flattened to (n, C*H*W) (as the MoE layer passes them).
@@ -150,6 +153,10 @@ struct ResNet18Options {
   /// Channels of the first stage (64 in the paper); stages double it. Default 64.
   TORCH_ARG(int64_t, width) = 64;
 };
+
+/// Parameters and floats kept per image for backward, estimated from the options alone.
+double resnet18_parameters(const ResNet18Options& options);
+double resnet18_activations(const ResNet18Options& options);
 
 YAML::Node to_yaml(const ResNet18Options& options);
 void from_yaml(const YAML::Node& node, ResNet18Options& options, const std::string& where);

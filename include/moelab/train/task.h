@@ -45,6 +45,10 @@ class MetricAccumulator {
   virtual void add(const models::ModelOutput& output, const data::Batch& batch,
                    const at::Tensor& sample_loss) = 0;
   virtual Metrics result() const = 0;
+  /// The sums so far, exactly (a checkpoint carries them so that a resumed run's train lines are
+  /// the same as an uninterrupted run's); load_state restores them.
+  virtual nlohmann::json state() const = 0;
+  virtual void load_state(const nlohmann::json& state) = 0;
 };
 
 class Task {

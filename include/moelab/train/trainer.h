@@ -177,6 +177,13 @@ class Trainer {
   // Per MoE layer: the samples each expert computed and their loss, over the log interval and
   // over the epoch (checkpointed, so the epoch line of a resumed run is the same).
   std::vector<ExpertTally> interval_tally_, epoch_tally_;
+  // The log interval's sums, checkpointed too, so the train lines of a resumed run are the same.
+  struct LogInterval {
+    double loss = 0, task_loss = 0, aux_loss = 0;
+    int64_t steps = 0;
+    std::unique_ptr<MetricAccumulator> metrics;
+  };
+  LogInterval interval_;
   double seconds_before_ = 0;  // trained by earlier processes of this run
   std::chrono::steady_clock::time_point process_start_ = std::chrono::steady_clock::now();
   std::string last_checkpoint_;
