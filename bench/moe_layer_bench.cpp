@@ -76,6 +76,7 @@ BENCHMARK(BM_Dispatch_PlanTokenChoice)
     ->Unit(benchmark::kMicrosecond);
 
 int main(int argc, char** argv) {
+  moelab::select_blas_kernel(argv);  // the kernel the tool would use
   moelab::init_runtime();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -5,6 +5,7 @@
 #include "moelab/util/runtime.h"
 
 int main(int argc, char** argv) {
+  moelab::select_blas_kernel(argv);  // before InitGoogleTest, which edits argv
   ::testing::InitGoogleTest(&argc, argv);
   moelab::init_runtime();
   return RUN_ALL_TESTS();

@@ -1,6 +1,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -8,6 +12,7 @@
 #include "moelab/config/config.h"
 #include "moelab/run/run_config.h"
 #include "moelab/train/progress.h"
+#include "moelab/util/runtime.h"
 
 namespace moelab::app {
 
@@ -28,17 +33,77 @@ std::optional<YAML::Node> resolve_or_dump(const ConfigArguments& args) {
   return std::nullopt;
 }
 
+namespace {
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+void print_system(bool json) {
+  const BlasKernel blas = blas_kernel();
+  const std::string best = best_blas_core_for_cpu();
+  const int threads = at::get_num_threads();
+  const double gflops = measure_gemm_gflops(1024);
+  const bool onednn = at::hasMKLDNN();
+  const std::string allocator = allocator_tuned()
+                                    ? "glibc malloc, large blocks from the heap (M_MMAP_MAX=0), "
+                                      "never trimmed (M_TRIM_THRESHOLD=INT_MAX)"
+                                    : "glibc malloc, defaults";
+  if (json) {
+    std::cout << nlohmann::json{{"cpu", cpu_model()},
+                                {"cpu_best_blas_core", best},
+                                {"cores", available_cores()},
+                                {"memory_bytes", physical_memory_bytes()},
+                                {"blas_library", blas.library},
+                                {"blas_core", blas.core},
+                                {"blas_core_chosen_by", blas.chosen_by},
+                                {"blas_note", blas.note},
+                                {"threads", threads},
+                                {"allocator", allocator},
+                                {"onednn", onednn},
+                                {"gemm_gflops_1024", gflops}}
+                     .dump()
+              << "\n";
+    return;
+  }
+  std::cout << fmt::format("CPU               {} ({} cores for this process, {:.1f} GB)\n",
+                           cpu_model(), available_cores(),
+                           static_cast<double>(physical_memory_bytes()) / 1e9)
+            << fmt::format("BLAS library      {}\n", blas.library.empty() ? "none found" : blas.library)
+            << fmt::format("BLAS core         {} (chosen by {}){}\n",
+                           blas.core.empty() ? "not OpenBLAS" : blas.core, blas.chosen_by,
+                           blas.note.empty() ? "" : "; " + blas.note)
+            << fmt::format("threads           {} intra-op\n", threads)
+            << fmt::format("allocator         {}\n", allocator)
+            << fmt::format("oneDNN            {}\n", onednn ? "available (convolutions use it)" : "not built in")
+            << fmt::format("GEMM 1024^3 fp32  {:.1f} GFLOP/s on {} threads\n", gflops, threads);
+}
+
+}  // namespace
+
 void register_info_command(CLI::App& app, Action& action) {
   struct Arguments : ConfigArguments {
     bool json = false;
+    bool system = false;
   };
   auto args = std::make_shared<Arguments>();
   CLI::App* info = app.add_subcommand(
       "info", "Parameters (total and active per sample) and forward FLOPs per sample of a model");
   add_config_arguments(*info, *args);
   info->add_flag("--json", args->json, "One JSON object instead of text");
+  info->add_flag("--system", args->system,
+                 "The machine instead of a model: BLAS library and core, threads, allocator, "
+                 "oneDNN, and a measured GEMM rate");
   info->callback([args, &action] {
     action = [args] {
+      if (args->system) {
+        print_system(args->json);
+        return;
+      }
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
       if (!resolved) return;
       std::shared_ptr<models::Model> model;

@@ -29,6 +29,8 @@ std::string first_line(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First: it may restart the process on a better OpenBLAS core (util/runtime.h).
+  moelab::select_blas_kernel(argv);
   CLI::App app{"moelab: build, train, analyse and run Mixture-of-Experts models"};
   app.set_version_flag("--version", std::string("moelab ") + MOELAB_VERSION);
   app.require_subcommand(1);

@@ -12,8 +12,11 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <chrono>
+#include <vector>
 #include <array>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
@@ -34,6 +37,12 @@ uint64_t physical_memory_bytes() {
                                     : 0;
 }
 
+namespace {
+bool allocator_policy_applied = false;
+}  // namespace
+
+bool allocator_tuned() { return allocator_policy_applied; }
+
 int init_runtime(const RuntimeOptions& options) {
   TORCH_CHECK(options.threads >= 0, "init_runtime: threads (", options.threads,
               ") must be >= 0 (0 = all cores)");
@@ -43,6 +52,7 @@ int init_runtime(const RuntimeOptions& options) {
     // allocates the same large temporaries again and again.
     mallopt(M_MMAP_MAX, 0);
     mallopt(M_TRIM_THRESHOLD, INT_MAX);
+    allocator_policy_applied = true;
 #endif
   }
   const int threads = options.threads > 0 ? options.threads : available_cores();
@@ -67,6 +77,155 @@ bool blas_is_optimized() {
                                                   "atlas"};
   return std::any_of(kFast.begin(), kFast.end(),
                      [&](std::string_view name) { return path.find(name) != std::string::npos; });
+}
+
+namespace {
+
+std::string environment(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? std::string() : std::string(value);
+}
+
+// Markers a restart carries: the core moelab set, or the core it set and then rejected.
+constexpr const char* kSelectedCore = "MOELAB_BLAS_SELECTED";
+constexpr const char* kRejectedCore = "MOELAB_BLAS_REJECTED";
+
+std::string openblas_core() {
+  using CoreName = char* (*)();
+  const auto corename = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (corename == nullptr) return {};
+  const char* name = corename();
+  return name == nullptr ? std::string() : std::string(name);
+}
+
+// 3: AVX-512 kernels, 2: AVX2 kernels, 1: anything older or generic.
+int core_rank(const std::string& core) {
+  for (const char* name : {"SkylakeX", "Cooperlake", "SapphireRapids"}) {
+    if (core == name) return 3;
+  }
+  for (const char* name : {"Haswell", "Zen"}) {
+    if (core == name) return 2;
+  }
+  return 1;
+}
+
+// Replaces this process by a fresh start of the same program with the same arguments (the
+// environment as changed); returns only if that fails.
+void restart(char** argv) {
+  if (argv == nullptr || argv[0] == nullptr) return;
+  ::execv("/proc/self/exe", argv);
+}
+
+}  // namespace
+
+std::string best_blas_core_for_cpu() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return "SkylakeX";
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
+  return {};
+}
+
+void select_blas_kernel(char** argv) {
+  const std::string selected = environment(kSelectedCore);
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  if (!selected.empty() && coretype != nullptr && selected == coretype) {
+    // MOELAB_BLAS_CHECK=fail plays a core that computes wrong (for the test of this path).
+    if (environment("MOELAB_BLAS_CHECK") != "fail" && gemm_matches_float64()) return;
+    // Back to OpenBLAS's own choice (the original core), marked so it is not tried again.
+    ::setenv(kRejectedCore, selected.c_str(), 1);
+    ::unsetenv(kSelectedCore);
+    ::unsetenv("OPENBLAS_CORETYPE");
+    restart(argv);
+    std::fprintf(stderr, "moelab: warning: OpenBLAS core %s gave wrong GEMM results and the "
+                 "restart on OpenBLAS's own core failed; results may be wrong\n", selected.c_str());
+    return;
+  }
+  // Set by the machine's owner (even to an empty value): theirs to decide.
+  if (coretype != nullptr || std::getenv("OPENBLAS_L2_SIZE") != nullptr) return;
+  if (!environment(kRejectedCore).empty()) return;
+  const std::string core = openblas_core();
+  const std::string best = best_blas_core_for_cpu();
+  if (core.empty() || best.empty() || core_rank(core) >= core_rank(best)) return;
+  ::setenv("OPENBLAS_CORETYPE", best.c_str(), 1);
+  ::setenv(kSelectedCore, best.c_str(), 1);
+  restart(argv);
+  ::unsetenv("OPENBLAS_CORETYPE");  // the restart failed: go on as we are
+  ::unsetenv(kSelectedCore);
+}
+
+BlasKernel blas_kernel() {
+  BlasKernel kernel;
+  kernel.library = blas_library_path();
+  kernel.core = openblas_core();
+  const std::string selected = environment(kSelectedCore);
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  if (!selected.empty() && coretype != nullptr && selected == coretype) {
+    kernel.chosen_by = "moelab";
+  } else if (coretype != nullptr) {
+    kernel.chosen_by = "OPENBLAS_CORETYPE";
+  } else {
+    kernel.chosen_by = "OpenBLAS";
+  }
+  const std::string rejected = environment(kRejectedCore);
+  const std::string best = best_blas_core_for_cpu();
+  if (!rejected.empty()) {
+    kernel.note = rejected + " was tried and gave wrong GEMM results on this CPU";
+  } else if (!kernel.core.empty() && !best.empty() && core_rank(kernel.core) < core_rank(best)) {
+    kernel.note = "this CPU supports " + best + "; unset OPENBLAS_CORETYPE to let moelab use it";
+  }
+  return kernel;
+}
+
+bool gemm_matches_float64() {
+  // Fixed values, no RNG: the global generator's state belongs to the program.
+  auto values = [](int64_t rows, int64_t cols, double phase) {
+    return at::sin(at::arange(rows * cols, at::kDouble) * 0.7 + phase).reshape({rows, cols});
+  };
+  auto close = [](const at::Tensor& got, const at::Tensor& a, const at::Tensor& b,
+                  const at::Tensor& reference) {
+    // float32 rounding: a few ulps of each product term's magnitude, summed.
+    const at::Tensor bound = at::matmul(a.abs(), b.abs()) * 1e-5 + 1e-30;
+    return (got.to(at::kDouble) - reference).abs().le(bound).all().item<bool>();
+  };
+  const std::array<std::array<int64_t, 3>, 6> shapes{
+      {{1, 1, 1}, {7, 5, 3}, {64, 64, 64}, {129, 257, 65}, {300, 33, 100}, {2, 1000, 513}}};
+  for (const auto& [m, k, n] : shapes) {
+    const at::Tensor a = values(m, k, 0.1), b = values(k, n, 0.3), v = values(k, 1, 0.5);
+    const at::Tensor reference = at::matmul(a, b);
+    const at::Tensor af = a.to(at::kFloat), bf = b.to(at::kFloat);
+    // Row-major, column-major (a transposed copy viewed back) and transposed operands take
+    // different kernels; a matrix-vector product takes gemv.
+    const at::Tensor af_columns = af.t().contiguous().t(), bf_columns = bf.t().contiguous().t();
+    if (!close(at::matmul(af, bf), a, b, reference) ||
+        !close(at::matmul(af_columns, bf_columns), a, b, reference) ||
+        !close(at::matmul(bf.t(), af.t()), b.t(), a.t(), reference.t()) ||
+        !close(at::mv(af, v.to(at::kFloat).squeeze(1)).unsqueeze(1), a, v, at::matmul(a, v))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+double measure_gemm_gflops(int64_t n) {
+  const at::Tensor a = at::sin(at::arange(n * n, at::kFloat)).reshape({n, n});
+  const at::Tensor b = at::cos(at::arange(n * n, at::kFloat)).reshape({n, n});
+  at::Tensor c = at::empty({n, n}, at::kFloat);
+  std::vector<double> seconds;
+  for (int i = 0; i < 8; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    at::mm_out(c, a, b);
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (i >= 3) seconds.push_back(elapsed);  // after warm-up
+  }
+  std::sort(seconds.begin(), seconds.end());
+  const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n);
+  return flops / seconds[seconds.size() / 2] / 1e9;
 }
 
 namespace {

@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <fstream>
 
 #include <ATen/Parallel.h>
 
@@ -19,4 +20,33 @@ TEST(RuntimeTest, SetsTheRequestedThreadCount) {
 
 TEST(RuntimeTest, RejectsNegativeThreads) {
   EXPECT_THROW(moelab::init_runtime({/*threads=*/-1, true}), c10::Error);
+}
+
+// The BLAS kernel check (issue 15): the core in use computes float32 GEMMs within rounding of
+// float64, the check catches a wrong result, and the core moelab would pick matches the CPU's
+// features as /proc/cpuinfo lists them.
+TEST(BlasKernelTest, TheCoreInUsePassesTheFloat64CheckAndMatchesTheCpu) {
+  EXPECT_TRUE(moelab::gemm_matches_float64());
+  const moelab::BlasKernel kernel = moelab::blas_kernel();
+  EXPECT_FALSE(kernel.library.empty());
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string flags;
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("flags", 0) == 0) {
+      flags = line + " ";
+      break;
+    }
+  }
+  auto has = [&](const char* flag) { return flags.find(std::string(" ") + flag + " ") != std::string::npos; };
+  const std::string best = moelab::best_blas_core_for_cpu();
+  if (has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512dq")) {
+    EXPECT_EQ(best, "SkylakeX");
+  } else if (has("avx2") && has("fma")) {
+    EXPECT_EQ(best, "Haswell");
+  }
+  // Under OpenBLAS with no OPENBLAS_CORETYPE from outside, the tests run on that core too.
+  if (!kernel.core.empty() && kernel.chosen_by != "OPENBLAS_CORETYPE" && best == "SkylakeX") {
+    EXPECT_TRUE(kernel.core == "SkylakeX" || kernel.core == "Cooperlake" ||
+                kernel.core == "SapphireRapids") << kernel.core << " " << kernel.note;
+  }
 }

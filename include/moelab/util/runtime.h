@@ -21,6 +21,9 @@ struct RuntimeOptions {
 /// Applies `options`; returns the thread count now in force.
 int init_runtime(const RuntimeOptions& options = {});
 
+/// Whether init_runtime applied the allocator policy (RuntimeOptions::tune_allocator).
+bool allocator_tuned();
+
 /// Cores this process may run on (sched affinity), at least 1.
 int available_cores();
 
@@ -34,6 +37,38 @@ std::string blas_library_path();
 /// True when the BLAS in use is a known fast one (OpenBLAS, MKL, BLIS, Accelerate); Debian's
 /// reference BLAS is ~20x slower and makes every benchmark meaningless.
 bool blas_is_optimized();
+
+/// The BLAS kernel in use and how it was chosen.
+struct BlasKernel {
+  std::string library;    // blas_library_path()
+  std::string core;       // OpenBLAS's core ("SkylakeX", "Haswell", "Prescott", ...); "" if not OpenBLAS
+  std::string chosen_by;  // "OpenBLAS" (its own detection), "OPENBLAS_CORETYPE" (set before moelab
+                          // started: never changed), or "moelab" (picked from the CPU's features
+                          // and checked against float64)
+  std::string note;       // why a better core was not taken, if one exists; else ""
+};
+
+/// Call first in main, before any work: on a CPU with AVX-512 or AVX2 where OpenBLAS fell back
+/// to a generic core (a virtual machine that hides the CPU model), sets OPENBLAS_CORETYPE to the
+/// core the CPU's features support and restarts the process (execv of /proc/self/exe), since
+/// OpenBLAS reads the variable only when it loads. The restarted process checks that core's GEMM
+/// results against float64 and, if they differ, restarts once more on the original core. Never
+/// touches an OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE the environment already has.
+void select_blas_kernel(char** argv);
+
+/// The kernel in use in this process (after select_blas_kernel, if it was called).
+BlasKernel blas_kernel();
+
+/// The core OpenBLAS should use on this CPU, from cpuid: "SkylakeX" (AVX-512 F, BW, VL, DQ),
+/// "Haswell" (AVX2 and FMA), or "" (nothing better than OpenBLAS's own choice).
+std::string best_blas_core_for_cpu();
+
+/// float32 matmuls (plain, transposed, matrix-vector; a few awkward shapes) against float64:
+/// false if any element is further off than float32 rounding allows.
+bool gemm_matches_float64();
+
+/// GFLOP/s of an n x n x n float32 matmul on the current threads (median of a few, after warm-up).
+double measure_gemm_gflops(int64_t n = 1024);
 
 /// Arithmetic precision of training and evaluation: fp32, or bf16 autocast (matmuls and
 /// convolutions in bfloat16, weights, optimiser state and reductions in float32).
