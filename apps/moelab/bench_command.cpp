@@ -1,11 +1,19 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <stdlib.h>
+
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include "commands.h"
+#include "moelab/config/config.h"
 #include "moelab/perf/layer_benchmark.h"
+#include "moelab/run/run.h"
+#include "moelab/run/run_config.h"
+#include "moelab/train/trainer.h"
+#include "moelab/util/errors.h"
 
 namespace moelab::app {
 
@@ -33,6 +41,68 @@ void print_results(const std::vector<perf::BenchmarkResult>& results, bool as_js
     std::cout << fmt::format("MoE / dense throughput: {:.3f}\n",
                              results[1].median_ms / results[0].median_ms);
   }
+}
+
+struct BenchTrainArguments : ConfigArguments {
+  int64_t steps = 50;
+  int64_t warmup = 5;
+  bool json = false;
+};
+
+// Trains the config's run for warmup + steps steps in a temporary directory (no periodic
+// evaluation or checkpoint) and prints where the timed steps spent their time.
+void bench_train(const BenchTrainArguments& args) {
+  std::vector<std::string> overrides = args.overrides;
+  overrides.insert(overrides.end(),
+                   {"train.epochs=0", "train.max_steps=" + std::to_string(args.warmup + args.steps),
+                    "train.eval_every=0", "train.eval_each_epoch=false", "train.checkpoint_every=0",
+                    "train.checkpoint_every_minutes=0", "train.max_time=0"});
+  const YAML::Node resolved = run::resolve_run_config(args.files, overrides);
+  std::string pattern = (std::filesystem::temp_directory_path() / "moelab-bench-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) {
+    throw IoError(pattern + ": cannot create a temporary run directory");
+  }
+  const std::string run_dir = pattern + "/run";
+  train::TrainProfile profile;
+  profile.skip_steps = args.warmup;
+  try {
+    auto trainer = run::start_run(resolved, run_dir);
+    trainer->set_profile(&profile);
+    trainer->run();
+  } catch (...) {
+    std::filesystem::remove_all(pattern);
+    throw;
+  }
+  std::filesystem::remove_all(pattern);
+  const double n = static_cast<double>(std::max<int64_t>(profile.steps, 1));
+  const train::StepTimes& t = profile.step;
+  const std::vector<std::pair<std::string, double>> parts{
+      {"data", t.data},           {"forward", t.forward},     {"backward", t.backward},
+      {"checks", t.checks},       {"optimizer", t.optimizer},
+      {"bookkeeping", t.observer + profile.bookkeeping}};
+  double total = 0;
+  for (const auto& part : parts) total += part.second;
+  if (args.json) {
+    nlohmann::json line{{"model", resolved["model"]["name"].as<std::string>()},
+                        {"steps", profile.steps},
+                        {"batch_size", resolved["train"]["batch_size"].as<int64_t>()},
+                        {"ms_per_step", 1e3 * total / n}};
+    for (const auto& [name, seconds] : parts) line[name + "_ms"] = 1e3 * seconds / n;
+    line["final_evaluation_ms"] = 1e3 * profile.evaluation;
+    line["final_checkpoint_ms"] = 1e3 * profile.checkpoint;
+    std::cout << line.dump() << "\n";
+    return;
+  }
+  std::cout << fmt::format("{} steps of {} (batch {}), after {} warm-up steps:\n", profile.steps,
+                           resolved["model"]["name"].as<std::string>(),
+                           resolved["train"]["batch_size"].as<int64_t>(), args.warmup);
+  for (const auto& [name, seconds] : parts) {
+    std::cout << fmt::format("  {:<12} {:>9.3f} ms/step  {:>5.1f}%\n", name, 1e3 * seconds / n,
+                             100 * seconds / std::max(total, 1e-12));
+  }
+  std::cout << fmt::format("  {:<12} {:>9.3f} ms/step\n", "total", 1e3 * total / n);
+  std::cout << "  (checks: the finite check of every gradient and clipping; bookkeeping: metric "
+               "sums, routing statistics, log lines)\n";
 }
 
 }  // namespace
@@ -69,6 +139,28 @@ void register_bench_command(CLI::App& app, Action& action) {
     action = [=] {
       options->backward = *mode == "fwdbwd";
       print_results(perf::benchmark_moe_layer(*options), *as_json);
+    };
+  });
+
+  auto train_args = std::make_shared<BenchTrainArguments>();
+  CLI::App* train = bench->add_subcommand(
+      "train", "Milliseconds per training step of a config's run, split into data, forward, "
+               "backward, checks, optimizer and bookkeeping (no evaluation or checkpoint)");
+  add_config_arguments(*train, *train_args);
+  train->add_option("--steps", train_args->steps, "Timed steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--warmup", train_args->warmup, "Untimed steps first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_flag("--json", train_args->json, "One JSON object");
+  train->callback([train_args, &action] {
+    action = [train_args] {
+      try {
+        bench_train(*train_args);
+      } catch (const ConfigError& e) {
+        throw config::with_origin(e, train_args->files, train_args->overrides);
+      }
     };
   });
 }

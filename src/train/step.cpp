@@ -3,6 +3,7 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/optimizer.h>
 
+#include <chrono>
 #include <cmath>
 
 namespace moelab::train {
@@ -22,13 +23,46 @@ void update_routing_biases(torch::nn::Module& model, double rate_scale) {
   }
 }
 
+StepTimes& StepTimes::operator+=(const StepTimes& other) {
+  data += other.data;
+  forward += other.forward;
+  backward += other.backward;
+  checks += other.checks;
+  optimizer += other.optimizer;
+  observer += other.observer;
+  return *this;
+}
+
+namespace {
+// Adds the seconds since the last call to the slot named, when timing is on.
+class PhaseClock {
+ public:
+  explicit PhaseClock(StepTimes* times) : times_(times) {
+    if (times_) last_ = std::chrono::steady_clock::now();
+  }
+  void charge(double StepTimes::*slot) {
+    if (!times_) return;
+    const auto now = std::chrono::steady_clock::now();
+    times_->*slot += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  StepTimes* times_;
+  std::chrono::steady_clock::time_point last_;
+};
+}  // namespace
+
 StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, const Task& task,
                       const std::function<data::Batch()>& next_batch, const StepOptions& options,
                       const std::function<void(const MicroBatch&)>& observe) {
   StepResult result;
+  PhaseClock clock(options.times);
   optimizer.zero_grad();
+  clock.charge(&StepTimes::optimizer);
   for (int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
     const data::Batch batch = next_batch();
+    clock.charge(&StepTimes::data);
     at::Tensor sample_loss, task_loss, loss;
     models::ModelOutput output;
     {
@@ -38,7 +72,9 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
       task_loss = sample_loss.mean();
       loss = task_loss + output.aux_loss.to(at::kFloat);
     }
+    clock.charge(&StepTimes::forward);
     (loss / static_cast<double>(options.grad_accumulation)).backward();
+    clock.charge(&StepTimes::backward);
     const double loss_value = loss.item<double>();
     result.loss_sum += loss_value;
     result.task_loss_sum += task_loss.item<double>();
@@ -49,17 +85,21 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
                        detached_loss = loss.detach();
       observe({batch, output, detached_sample, detached_task, detached_loss});
     }
+    clock.charge(&StepTimes::observer);
   }
   result.finite = result.finite && gradients_are_finite(model);
   if (!result.finite) {
     optimizer.zero_grad();
+    clock.charge(&StepTimes::checks);
     return result;
   }
   if (options.clip_grad_norm > 0) {
     torch::nn::utils::clip_grad_norm_(model.parameters(), options.clip_grad_norm);
   }
+  clock.charge(&StepTimes::checks);
   optimizer.step();
   update_routing_biases(model, options.routing_bias_scale);
+  clock.charge(&StepTimes::optimizer);
   return result;
 }
 

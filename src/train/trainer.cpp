@@ -265,7 +265,13 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
   } else if (max_seconds > 0 && seconds_before_ >= max_seconds) {
     stop = StopReason::kTimeLimit;
   }
+  const auto seconds_since = [](Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+  };
   while (step_ < last && stop == StopReason::kCompleted) {
+    const auto iteration_start = Clock::now();
+    StepTimes step_times;
+    double evaluation_seconds = 0, checkpoint_seconds_now = 0;
     const double lr = learning_rate_at(step_, total_steps_, options_.optimizer().lr(),
                                        options_.schedule());
     optimizer_.set_learning_rate(step_, total_steps_, options_.schedule());
@@ -276,6 +282,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     step_options.clip_grad_norm = options_.clip_grad_norm();
     step_options.precision = precision_;
     step_options.routing_bias_scale = lr / options_.optimizer().lr();
+    step_options.times = profile_ ? &step_times : nullptr;
     const StepResult step = train_step(
         *model_, *optimizer_.optimizer, *task_, [this] { return next_batch(); }, step_options,
         [&](const MicroBatch& micro) {
@@ -364,6 +371,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
                                step_ == total_steps_ ||
                                (options_.eval_each_epoch() && epoch_exhausted()));
     if (evaluate_now) {
+      const auto evaluation_start = Clock::now();
       const Evaluation result = evaluate(*model_, *data_.val, *task_, eval_batch, precision_);
       model_->train();
       summary.evaluated = true;
@@ -378,7 +386,12 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
       append_metrics(line);
       say(fmt::format("eval step {}: {}{}", step_, format_metrics(*task_, result.metrics, "val "),
                       improved ? " (best)" : ""));
-      if (improved && monitor_.keep_best()) save_checkpoint();
+      evaluation_seconds = seconds_since(evaluation_start);
+      if (improved && monitor_.keep_best()) {
+        const auto checkpoint_start = Clock::now();
+        save_checkpoint();
+        checkpoint_seconds_now += seconds_since(checkpoint_start);
+      }
     }
 
     if (early_stopping_.should_stop()) {
@@ -395,10 +408,20 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
          std::chrono::duration<double>(Clock::now() - last_checkpoint_time).count() >=
              checkpoint_seconds);
     if (checkpoint_now) {
+      const auto checkpoint_start = Clock::now();
       save_checkpoint();
       last_checkpoint_time = Clock::now();
+      checkpoint_seconds_now += seconds_since(checkpoint_start);
     }
     draw_bar(step_ == last);
+    if (profile_ && step_ > profile_->skip_steps) {
+      ++profile_->steps;
+      profile_->step += step_times;
+      profile_->evaluation += evaluation_seconds;
+      profile_->checkpoint += checkpoint_seconds_now;
+      profile_->bookkeeping += seconds_since(iteration_start) - step_times.total() -
+                               evaluation_seconds - checkpoint_seconds_now;
+    }
     if (stop != StopReason::kCompleted) break;
   }
   if (console_mode_ == ConsoleMode::kProgressBar) *console_ << "\n";

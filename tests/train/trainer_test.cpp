@@ -544,3 +544,22 @@ TEST_F(TrainerTest, AFullDiskAtAnyWriteCostsAtMostTheStepsSinceTheLastCheckpoint
   EXPECT_EQ(failures, operations);
   EXPECT_GT(resumed, operations / 3);
 }
+
+// `moelab bench train`'s split (issue 15): the timed steps are those after the warm-up, each
+// part of a step is charged, evaluations and checkpoints are kept apart.
+TEST_F(TrainerTest, AProfileSplitsTheTimedStepsIntoTheirParts) {
+  auto trainer = moelab::run::start_run(tiny_config(12), dir("run"));
+  TrainProfile profile;
+  profile.skip_steps = 2;
+  trainer->set_profile(&profile);
+  trainer->run();
+  EXPECT_EQ(profile.steps, 10);
+  for (double part : {profile.step.data, profile.step.forward, profile.step.backward,
+                      profile.step.checks, profile.step.optimizer, profile.step.observer}) {
+    EXPECT_GT(part, 0.0);
+  }
+  EXPECT_GT(profile.step.forward, profile.step.data);
+  EXPECT_GT(profile.evaluation, 0.0);  // eval_every 10, and the last step
+  EXPECT_GT(profile.checkpoint, 0.0);  // the last step
+  EXPECT_GE(profile.bookkeeping, 0.0);
+}

@@ -21,6 +21,19 @@ class Optimizer;
 
 namespace moelab::train {
 
+/// Seconds one step spent in each part, added to by train_step when StepOptions::times is set
+/// (`moelab bench train` reads them).
+struct StepTimes {
+  double data = 0;       // next_batch
+  double forward = 0;    // the model's forward pass and the loss
+  double backward = 0;
+  double checks = 0;     // the finite check of every gradient and the norm clipping
+  double optimizer = 0;  // the update, and the routing-bias update of aux-free routers
+  double observer = 0;   // the caller's bookkeeping per micro-batch, and reading the losses
+  double total() const { return data + forward + backward + checks + optimizer + observer; }
+  StepTimes& operator+=(const StepTimes& other);
+};
+
 struct StepOptions {
   /// Micro-batches per step, >= 1 (the loss of each is divided by it).
   int64_t grad_accumulation = 1;
@@ -29,6 +42,8 @@ struct StepOptions {
   Precision precision = Precision::kFloat32;
   /// Scales the aux-free routers' bias step (the trainer passes lr / peak lr).
   double routing_bias_scale = 1.0;
+  /// Where to add the time of each part; nullptr (the default) times nothing.
+  StepTimes* times = nullptr;
 };
 
 /// One micro-batch as the step saw it, for the caller's bookkeeping (metrics, routing tallies).

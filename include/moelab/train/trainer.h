@@ -37,6 +37,7 @@
 #include "moelab/train/routing_stats.h"
 #include "moelab/train/run_directory.h"
 #include "moelab/train/schedule.h"
+#include "moelab/train/step.h"
 #include "moelab/train/stopping.h"
 #include "moelab/train/task.h"
 #include "moelab/util/runtime.h"
@@ -124,6 +125,18 @@ struct TrainSummary {
 /// make the continued run differ from an uninterrupted one with the same limits.
 const std::vector<std::string>& resume_overridable_keys();
 
+/// Where a run's steps spend their time (Trainer::set_profile): the parts of train_step, plus
+/// the rest of each loop iteration (bookkeeping: metric lines, routing statistics, the console),
+/// and evaluations and checkpoints apart. Steps before `skip_steps` are not counted (warm-up).
+struct TrainProfile {
+  int64_t skip_steps = 0;
+  int64_t steps = 0;
+  StepTimes step;
+  double bookkeeping = 0;
+  double evaluation = 0;
+  double checkpoint = 0;
+};
+
 class Trainer {
  public:
   /// A new run in `run_dir`. The directory is created; ConfigError if it already holds a run.
@@ -139,6 +152,9 @@ class Trainer {
   /// Trains to the last step (or `stop_at_step` if smaller and > 0) unless a stop comes first,
   /// evaluates, writes the final checkpoint.
   TrainSummary run(int64_t stop_at_step = 0);
+
+  /// Times the steps of run() into `profile` (nullptr: off, the default).
+  void set_profile(TrainProfile* profile) { profile_ = profile; }
 
   /// Where progress goes while run() runs; silent by default.
   void set_console(ConsoleMode mode, std::ostream& out);
@@ -187,6 +203,7 @@ class Trainer {
   double seconds_before_ = 0;  // trained by earlier processes of this run
   std::chrono::steady_clock::time_point process_start_ = std::chrono::steady_clock::now();
   std::string last_checkpoint_;
+  TrainProfile* profile_ = nullptr;
   ConsoleMode console_mode_ = ConsoleMode::kSilent;
   std::ostream* console_ = nullptr;
 };
