@@ -22,6 +22,7 @@ void visit(V& v, ImageDataOptions& o) {
   v.field("normalize", o.normalize());
   v.field("augment", o.augment());
   v.field("labels", o.labels());
+  v.field("as_sequence", o.as_sequence());
 }
 MOELAB_DEFINE_OPTIONS_YAML(ImageDataOptions)
 
@@ -238,6 +239,10 @@ void validate(const std::string& name, const ImageDataOptions& options, const st
   if (options.labels() == "coarse" && name != "cifar100") {
     throw ConfigError(where + ".labels: coarse labels exist only for cifar100");
   }
+  if (options.as_sequence() && options.augment()) {
+    throw ConfigError(where + ".as_sequence: cannot be combined with " + where +
+                      ".augment (crops and flips act on images)");
+  }
 }
 
 Splits load_image_data(const std::string& name, const ImageDataOptions& options) {
@@ -298,6 +303,15 @@ Splits load_image_data(const std::string& name, const ImageDataOptions& options)
     ChannelStats stats = normalize_per_channel(train, test);
     splits.input_mean = std::move(stats.mean);
     splits.input_std = std::move(stats.std);
+  }
+  if (options.as_sequence()) {
+    // (N, C, H, W) -> (N, H, C * W): row h is position h.
+    for (Batch* set : {&train, &test}) {
+      const at::Tensor images = set->at(kInputs);
+      set->set(kInputs, images.permute({0, 2, 1, 3})
+                            .reshape({images.size(0), images.size(2), images.size(1) * images.size(3)})
+                            .contiguous());
+    }
   }
   splits.train = std::make_shared<TensorSet>(std::move(train));
   if (test.size() > 0) splits.test = std::make_shared<TensorSet>(std::move(test));

@@ -5,6 +5,7 @@
 #include "moelab/config/config.h"
 #include "moelab/config/fields.h"
 #include "moelab/models/mlp_moe.h"
+#include "moelab/models/transformer.h"
 #include "moelab/models/vision.h"
 #include "moelab/nn/activation.h"
 #include "moelab/util/errors.h"
@@ -38,7 +39,8 @@ double moe_layer_parameters(const nn::MoELayerOptions& o) {
   const double projections = nn::is_gated(o.experts().activation()) ? 3 : 2;
   const double shared_f =
       static_cast<double>(o.shared_d_ff() > 0 ? o.shared_d_ff() : o.experts().d_ff());
-  return d * e + e * projections * d * f +
+  const double biases = o.experts().bias() ? e * ((projections - 1) * f + d) : 0.0;
+  return d * e + e * projections * d * f + biases +
          static_cast<double>(o.num_shared_experts()) * projections * d * shared_f;
 }
 
@@ -93,6 +95,32 @@ std::vector<ModelEntry> register_models() {
   };
   entries.back().estimate_activations = [](const YAML::Node& section) {
     return convnet_activations(parse_options<ConvNetOptions>(section, "model"));
+  };
+  entries.push_back(add_model<TransformerMoEClassifierOptions, TransformerMoEClassifierImpl>(
+      "transformer_moe_classifier",
+      "post-LN Transformer encoder over (B, L, F) sequences with MoE FFNs in chosen layers"));
+  entries.back().estimate_parameters = [](const YAML::Node& section) {
+    const auto o = parse_options<TransformerMoEClassifierOptions>(section, "model");
+    const double d = static_cast<double>(o.moe().d_model());
+    nn::MoELayerOptions moe = o.moe();
+    if (moe.experts().d_ff() == 0) moe.experts().d_ff(4 * o.moe().d_model());
+    const double f = static_cast<double>(moe.experts().d_ff());
+    const double layers = static_cast<double>(o.num_layers());
+    const double moe_layers =
+        o.moe_layer_indices() ? static_cast<double>(o.moe_layer_indices()->size()) : layers;
+    return (static_cast<double>(o.input_dim()) + 1) * d + layers * (4 * (d * d + d) + 4 * d) +
+           moe_layers * moe_layer_parameters(moe) + (layers - moe_layers) * (2 * d * f + f + d) +
+           2 * d + (d + 1) * static_cast<double>(o.num_classes()) +
+           (o.positions() == nn::PositionKind::kLearned ? static_cast<double>(o.max_length()) * d : 0);
+  };
+  entries.back().estimate_activations = [](const YAML::Node& section) {
+    // Per position: a sample is a sequence whose length is the data's, so this is a lower
+    // bound (the check refuses only what cannot fit even then).
+    const auto o = parse_options<TransformerMoEClassifierOptions>(section, "model");
+    nn::MoELayerOptions moe = o.moe();
+    if (moe.experts().d_ff() == 0) moe.experts().d_ff(4 * o.moe().d_model());
+    const double d = static_cast<double>(o.moe().d_model());
+    return static_cast<double>(o.num_layers()) * (12 * d + moe_layer_activations(moe));
   };
   entries.push_back(add_model<ResNet18Options, ResNet18Impl>(
       "resnet18", "ResNet-18, CIFAR form (3x3 stem, no max-pool)"));

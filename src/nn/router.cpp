@@ -19,6 +19,7 @@ constexpr KindName kKindNames[] = {
     {RouterKind::kSwitch, "switch"},        {RouterKind::kAuxFree, "aux_free"},
     {RouterKind::kGroupLimited, "group_limited"}, {RouterKind::kExpertChoice, "expert_choice"},
     {RouterKind::kRandom, "random"},        {RouterKind::kHash, "hash"},
+    {RouterKind::kUniform, "uniform"},
 };
 }  // namespace
 
@@ -39,7 +40,7 @@ std::string to_string(RouterKind kind) {
 }
 
 bool has_learned_gate(RouterKind kind) {
-  return kind != RouterKind::kRandom && kind != RouterKind::kHash;
+  return kind != RouterKind::kRandom && kind != RouterKind::kHash && kind != RouterKind::kUniform;
 }
 
 ScoreFunction parse_score_function(const std::string& name) {
@@ -173,6 +174,13 @@ RouterOutput RouterImpl::forward(const at::Tensor& x, const at::Tensor& token_id
       generator_state.copy_(generator_.get_state());
       out.indices = selection.indices;
       out.weights = selection.weights;
+      return out;
+    }
+    case RouterKind::kUniform: {
+      // No gating network: every token goes to experts 0 .. k-1 with weight 1/k, which is what
+      // a top-k over equal scores picks (the "uniform" baseline of routing studies).
+      out.indices = at::arange(k, weight_options.dtype(at::kLong)).expand({num_tokens, k}).contiguous();
+      out.weights = at::full({num_tokens, k}, 1.0 / static_cast<double>(k), weight_options);
       return out;
     }
     case RouterKind::kHash: {

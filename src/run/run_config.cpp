@@ -201,6 +201,9 @@ void check_model_fits_data(const YAML::Node& resolved, const data::Splits& split
   if (inputs.dim() == 2 && model_size("input_dim") >= 0 && model_size("input_dim") != inputs.size(1)) {
     mismatch("input_dim", inputs.size(1), "features per sample");
   }
+  if (inputs.dim() == 3 && model_size("input_dim") >= 0 && model_size("input_dim") != inputs.size(2)) {
+    mismatch("input_dim", inputs.size(2), "features per position");
+  }
   if (inputs.dim() == 4) {
     if (model_size("in_channels") >= 0 && model_size("in_channels") != inputs.size(1)) {
       mismatch("in_channels", inputs.size(1), "image channels");

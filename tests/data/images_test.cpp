@@ -209,3 +209,21 @@ TEST_F(ImagesTest, ALabelOutOfRangeNamesTheSplitAndTheRecord) {
             "data.fashion_mnist (" + root_.string() +
                 "): training record 7 has label 12, but there are only 10 classes");
 }
+
+// data.as_sequence: each image becomes the sequence of its rows, (N, H, C * W), same pixels.
+TEST_F(ImagesTest, AsSequenceGivesEachImageAsItsRows) {
+  write_idx_set("train", 6, /*gzip=*/false);
+  write_idx_set("t10k", 2, /*gzip=*/false);
+  ImageDataOptions options;
+  options.root(root_.string()).normalize(false);
+  const at::Tensor images = load_image_data("fashion_mnist", options).train->range(0, 6).at("inputs");
+  const at::Tensor rows =
+      load_image_data("fashion_mnist", options.as_sequence(true)).train->range(0, 6).at("inputs");
+  ASSERT_EQ(rows.sizes(), (std::vector<int64_t>{6, 4, 4}));
+  EXPECT_TRUE(torch::equal(rows, images.squeeze(1)));
+  EXPECT_EQ(rows[1][0][2].item<float>(), images[1][0][0][2].item<float>());
+  const std::string message = moelab::testing::error_message<moelab::ConfigError>(
+      [&] { load_image_data("fashion_mnist", options.augment(true)); });
+  EXPECT_NE(message.find("data.as_sequence: cannot be combined with data.augment"), std::string::npos)
+      << message;
+}

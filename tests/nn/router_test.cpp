@@ -261,3 +261,24 @@ TEST(RouterTest, CustomGateNetworkReplacesTheLinearGate) {
   EXPECT_EQ(out.indices.sizes(), at::IntArrayRef({5, 1}));
   EXPECT_EQ(router->named_parameters().size(), 2u);  // the gate network's weight and bias
 }
+
+TEST(RouterTest, UniformRoutingSendsEveryTokenToTheFirstKExpertsAtEqualWeight) {
+  Router router(RouterOptions(8, 6).kind(RouterKind::kUniform).top_k(2));
+  EXPECT_TRUE(router->parameters().empty());
+  const auto out = router->forward(torch::randn({5, 8}));
+  EXPECT_TRUE(torch::equal(out.indices, torch::tensor({0, 1}).to(at::kLong).expand({5, 2})));
+  EXPECT_TRUE(torch::allclose(out.weights, torch::full({5, 2}, 0.5)));
+  EXPECT_EQ(moelab::nn::parse_router_kind("uniform"), RouterKind::kUniform);
+  // Through the layer: each token's output is the mean of experts 0 and 1 on it.
+  moelab::nn::MoELayerOptions options(8, 16, 6);
+  options.router().kind(RouterKind::kUniform).top_k(2);
+  moelab::nn::MoELayer layer(options);
+  const at::Tensor x = torch::randn({4, 8});
+  auto expert = [&](int64_t e) {  // expert e alone on every row
+    std::vector<int64_t> counts(6, 0);
+    counts[e] = x.size(0);
+    return layer->experts->forward(x, counts);
+  };
+  const at::Tensor expected = 0.5 * (expert(0) + expert(1));
+  EXPECT_TRUE(torch::allclose(layer->forward(x).output, expected, 1e-5, 1e-5));
+}

@@ -40,6 +40,9 @@ struct ImageDataOptions {
   TORCH_ARG(bool, augment) = false;
   /// cifar100 only: fine (100 classes) or coarse (20 superclasses). Default fine.
   TORCH_ARG(std::string, labels) = "fine";
+  /// Each image as a sequence of its rows for sequence models: (N, H, C * W) instead of
+  /// (N, C, H, W), a row's channels side by side. Not with augment. Default false.
+  TORCH_ARG(bool, as_sequence) = false;
 };
 
 YAML::Node to_yaml(const ImageDataOptions& options);

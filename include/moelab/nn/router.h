@@ -11,6 +11,7 @@
 //   group_limited  top groups of experts, then top k inside them (DeepSeek-V2)
 //   expert_choice  each expert takes its top C tokens (Zhou et al. 2022)
 //   random, hash   baselines without a learned gate (Roller et al. 2021 for hash)
+//   uniform      every token to experts 0 .. k-1 at weight 1/k (no gate: the "no routing" baseline)
 // The score network is a Linear(D, E) without bias, or any module mapping (N, ...) -> (N, E)
 // (the vision MoE's tiny CNN).
 #pragma once
@@ -35,7 +36,8 @@ enum class RouterKind {
   kGroupLimited,
   kExpertChoice,
   kRandom,
-  kHash
+  kHash,
+  kUniform
 };
 
 /// Parses the names above ("top_k", "noisy_top_k", ...); throws listing them otherwise.
