@@ -96,6 +96,14 @@ std::vector<ModelEntry> register_models() {
   entries.back().estimate_activations = [](const YAML::Node& section) {
     return convnet_activations(parse_options<ConvNetOptions>(section, "model"));
   };
+  entries.push_back(add_model<ResNet18Options, ResNet18Impl>(
+      "resnet18", "ResNet-18, CIFAR form (3x3 stem, no max-pool)"));
+  entries.back().estimate_parameters = [](const YAML::Node& section) {
+    return resnet18_parameters(parse_options<ResNet18Options>(section, "model"));
+  };
+  entries.back().estimate_activations = [](const YAML::Node& section) {
+    return resnet18_activations(parse_options<ResNet18Options>(section, "model"));
+  };
   entries.push_back(add_model<TransformerMoEClassifierOptions, TransformerMoEClassifierImpl>(
       "transformer_moe_classifier",
       "post-LN Transformer encoder over (B, L, F) sequences with MoE FFNs in chosen layers"));
@@ -121,14 +129,6 @@ std::vector<ModelEntry> register_models() {
     if (moe.experts().d_ff() == 0) moe.experts().d_ff(4 * o.moe().d_model());
     const double d = static_cast<double>(o.moe().d_model());
     return static_cast<double>(o.num_layers()) * (12 * d + moe_layer_activations(moe));
-  };
-  entries.push_back(add_model<ResNet18Options, ResNet18Impl>(
-      "resnet18", "ResNet-18, CIFAR form (3x3 stem, no max-pool)"));
-  entries.back().estimate_parameters = [](const YAML::Node& section) {
-    return resnet18_parameters(parse_options<ResNet18Options>(section, "model"));
-  };
-  entries.back().estimate_activations = [](const YAML::Node& section) {
-    return resnet18_activations(parse_options<ResNet18Options>(section, "model"));
   };
   return entries;
 }
