@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("moelab ") + MOELAB_VERSION);
   app.require_subcommand(1);
   moelab::RuntimeOptions runtime;
-  app.add_option("--threads", runtime.threads, "Intra-op threads (0 = all cores)")
+  app.add_option("--threads", runtime.threads, "Intra-op threads (0 = OMP_NUM_THREADS if set, else all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   moelab::app::Action action;

@@ -148,26 +148,22 @@ void rename_path(const std::string& from, const std::string& to) {
   }
 }
 
-void sync_file(const std::string& path) {
+namespace {
+// fsync of what `path` names, opened read-only with `flags` (O_DIRECTORY for a directory).
+void sync_path(const std::string& path, int flags, const char* what) {
   if (const int error = count_operation()) throw_injected(error, path, "fsync failed");
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_io_error(path, "cannot open to fsync");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | flags);
+  if (fd < 0) throw_io_error(path, std::string("cannot open ") + what + " to fsync");
   const int rc = ::fsync(fd);
   const int saved = errno;
   ::close(fd);
   errno = saved;
   if (rc != 0) throw_io_error(path, "fsync failed");
 }
+}  // namespace
 
-void sync_directory(const std::string& path) {
-  if (const int error = count_operation()) throw_injected(error, path, "fsync failed");
-  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw_io_error(path, "cannot open directory to fsync");
-  const int rc = ::fsync(fd);
-  const int saved = errno;
-  ::close(fd);
-  errno = saved;
-  if (rc != 0) throw_io_error(path, "fsync failed");
-}
+void sync_file(const std::string& path) { sync_path(path, 0, "file"); }
+
+void sync_directory(const std::string& path) { sync_path(path, O_DIRECTORY, "directory"); }
 
 }  // namespace moelab::io

@@ -55,7 +55,14 @@ int init_runtime(const RuntimeOptions& options) {
     allocator_policy_applied = true;
 #endif
   }
-  const int threads = options.threads > 0 ? options.threads : available_cores();
+  // 0: OMP_NUM_THREADS when it is set (as PyTorch does; `make test` sets 1 per test process, so
+  // two tests in parallel do not fight over two cores), else every core.
+  int threads = options.threads;
+  if (threads == 0) {
+    const char* omp = std::getenv("OMP_NUM_THREADS");
+    const int from_environment = omp != nullptr ? std::atoi(omp) : 0;
+    threads = from_environment > 0 ? from_environment : available_cores();
+  }
   at::set_num_threads(threads);
   return at::get_num_threads();
 }

@@ -11,7 +11,8 @@
 namespace moelab {
 
 struct RuntimeOptions {
-  /// Intra-op threads; 0 = every core this process may run on. LibTorch 1.13 starts with 1.
+  /// Intra-op threads; 0 = OMP_NUM_THREADS if set, else every core this process may run on.
+  /// LibTorch 1.13 starts with 1.
   int threads = 0;
   /// Keep large temporaries on the heap instead of fresh mmap pages (see PERFORMANCE.md: glibc
   /// maps blocks >= 32 MB anew on every step, and the page faults cost more than the matmuls).
