@@ -121,22 +121,27 @@ void CheckedFile::finish() {
   if (::close(fd) != 0) throw_io_error(path_, "close failed");
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
+void write_file(const std::string& path, const std::string& bytes) {
+  CheckedFile file(path);
+  file.write(bytes);
+  file.finish();
+}
+
+void write_file_atomic(const std::string& path, const std::function<void(CheckedFile&)>& write) {
   const std::string temporary = path + ".tmp";
   try {
     CheckedFile file(temporary);
-    file.write(bytes);
+    write(file);
     file.finish();
-  } catch (...) {
-    ::unlink(temporary.c_str());
-    throw;
-  }
-  try {
     rename_path(temporary, path);
   } catch (...) {
     ::unlink(temporary.c_str());
     throw;
   }
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  write_file_atomic(path, [&](CheckedFile& file) { file.write(bytes); });
 }
 
 void rename_path(const std::string& from, const std::string& to) {

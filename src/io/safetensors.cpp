@@ -2,14 +2,9 @@
 
 #include "moelab/io/file.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <set>
 
@@ -80,23 +75,11 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   text.append((8 - text.size() % 8) % 8, ' ');  // the data then starts 8-byte aligned
   const uint64_t header_size = text.size();
 
-  const std::string temporary = path + ".tmp";
-  try {
-    CheckedFile file(temporary);
+  write_file_atomic(path, [&](CheckedFile& file) {
     file.write(&header_size, sizeof(header_size));
     file.write(text);
     for (const auto& t : cpu) file.write(t.data_ptr(), t.numel() * t.element_size());
-    file.finish();
-  } catch (...) {
-    ::unlink(temporary.c_str());
-    throw;
-  }
-  try {
-    rename_path(temporary, path);
-  } catch (...) {
-    ::unlink(temporary.c_str());
-    throw;
-  }
+  });
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {

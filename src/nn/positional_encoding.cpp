@@ -21,7 +21,7 @@ PositionKind parse_position_kind(const std::string& name) {
     if (name == entry.name) return entry.kind;
     valid += valid.empty() ? entry.name : std::string(", ") + entry.name;
   }
-  TORCH_CHECK(false, "positions: unknown kind '", name, "'; expected one of ", valid);
+  TORCH_CHECK(false, "unknown position kind '", name, "'; expected one of ", valid);
 }
 
 std::string to_string(PositionKind kind) {

@@ -490,20 +490,13 @@ void Trainer::save_checkpoint() {
          optimizer_.optimizer->save(archive);
          std::ostringstream bytes;
          archive.save_to(bytes);
-         io::CheckedFile file(p);
-         file.write(bytes.str());
-         file.finish();
+         io::write_file(p, bytes.str());
        }},
       {"rng.safetensors",
        [&](const std::string& p) {
          io::save_safetensors(p, {{"cpu", at::detail::getDefaultCPUGenerator().get_state()}});
        }},
-      {"config.yaml",
-       [&](const std::string& p) {
-         io::CheckedFile file(p);
-         file.write(YAML::Dump(config_) + "\n");
-         file.finish();
-       }},
+      {"config.yaml", [&](const std::string& p) { io::write_file(p, YAML::Dump(config_) + "\n"); }},
   };
   write_checkpoint(directory.string(), files,
                    {{"step", step_},
@@ -584,7 +577,6 @@ std::unique_ptr<Trainer> Trainer::resume(RunParts parts, const std::string& run_
                                          const std::string& checkpoint) {
   const bool config_changed = YAML::Dump(parts.config) !=
                               YAML::Dump(config::load_file(checkpoint + "/" + kRunConfigFile));
-  remove_temporary_checkpoints(run_dir);
   std::unique_ptr<Trainer> trainer(new Trainer(std::move(parts), run_dir, Resumed{}));
   trainer->load_checkpoint(checkpoint);
   if (config_changed) {

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "moelab/util/errors.h"
@@ -34,8 +35,14 @@ class CheckedFile {
   int fd_ = -1;
 };
 
-/// Writes `bytes` to PATH.tmp, fsyncs, and renames it to `path`: `path` holds the old content or
-/// the new, never a mix. IoError naming the path and the cause; the temporary file is removed.
+/// Creates (or truncates) `path` with `bytes`, checked and fsynced, in place: for files inside a
+/// directory that is itself renamed into place once whole (a checkpoint).
+void write_file(const std::string& path, const std::string& bytes);
+
+/// `write` fills PATH.tmp, which is then fsynced and renamed to `path`: `path` holds the old
+/// content or the new, never a mix. IoError naming the path and the cause; the temporary file is
+/// removed.
+void write_file_atomic(const std::string& path, const std::function<void(CheckedFile&)>& write);
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
 /// fsync of a directory (after a rename in it), checked.
