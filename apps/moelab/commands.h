@@ -39,4 +39,8 @@ void register_info_command(CLI::App& app, Action& action);
 /// `moelab eval RUN_DIR_OR_CHECKPOINT`, `moelab export RUN_DIR --out DIR`.
 void register_run_commands(CLI::App& app, Action& action);
 
+/// Language-model commands: `moelab generate RUN --prompt TEXT ...`, `moelab tokenizer train
+/// -c CONFIG --vocab-size N --out DIR`, `moelab bench lm -c CONFIG` (on the bench command).
+void register_language_model_commands(CLI::App& app, Action& action);
+
 }  // namespace moelab::app

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   moelab::app::register_bench_command(app, action);
   moelab::app::register_info_command(app, action);
   moelab::app::register_run_commands(app, action);
+  moelab::app::register_language_model_commands(app, action);
 
   try {
     app.parse(argc, argv);

@@ -96,6 +96,7 @@ std::shared_ptr<DataSource> TensorSet::subset(const at::Tensor& index) const {
 }
 
 void split_validation(Splits& splits, double fraction, uint64_t seed) {
+  if (splits.val) return;  // the data set's own validation split
   const int64_t n = size_of(splits.train);
   const auto n_val = static_cast<int64_t>(std::floor(fraction * static_cast<double>(n)));
   if (n_val == 0) return;

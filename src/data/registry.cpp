@@ -7,6 +7,7 @@
 #include "moelab/data/images.h"
 #include "moelab/data/synthetic_mixture.h"
 #include "moelab/data/synthetic_regression.h"
+#include "moelab/data/text_data.h"
 
 namespace moelab::data {
 
@@ -72,6 +73,28 @@ std::vector<DataEntry> register_data() {
            return load_image_data(name, parse_options(section, where, defaults));
          },
          "classification"});
+  }
+  struct TextEntry {
+    const char* name;
+    const char* description;
+    TextDataOptions defaults;
+  };
+  for (const TextEntry& text : {
+           TextEntry{"brown", "the Brown corpus (500 documents, 15 genres, POS-tagged; Bengio et al.'s split)",
+                     TextDataOptions().split("bengio").min_count(4)},
+           TextEntry{"text", "your own UTF-8 text: a .txt file (documents between blank lines) or a "
+                     "directory of them", TextDataOptions()}}) {
+    const std::string name = text.name;
+    const TextDataOptions defaults = text.defaults;
+    entries.push_back(
+        {name, text.description, [defaults] { return to_yaml(defaults); },
+         [defaults](const YAML::Node& section, const std::string& where) {
+           validate(parse_options(section, where, defaults), where);
+         },
+         [name, defaults](const YAML::Node& section, const std::string& where) {
+           return load_text_data(name, parse_options(section, where, defaults));
+         },
+         "language_model"});
   }
   return entries;
 }

@@ -4,6 +4,7 @@
 
 #include "moelab/config/config.h"
 #include "moelab/config/fields.h"
+#include "moelab/models/decoder.h"
 #include "moelab/models/mlp_moe.h"
 #include "moelab/models/transformer.h"
 #include "moelab/models/vision.h"
@@ -129,6 +130,34 @@ std::vector<ModelEntry> register_models() {
     if (moe.experts().d_ff() == 0) moe.experts().d_ff(4 * o.moe().d_model());
     const double d = static_cast<double>(o.moe().d_model());
     return static_cast<double>(o.num_layers()) * (12 * d + moe_layer_activations(moe));
+  };
+  entries.push_back(add_model<MoEDecoderOptions, MoEDecoderImpl>(
+      "moe_decoder", "causal pre-norm Transformer language model with MoE FFNs in chosen blocks"));
+  entries.back().estimate_parameters = [](const YAML::Node& section) {
+    const auto o = parse_options<MoEDecoderOptions>(section, "model");
+    nn::MoELayerOptions moe = o.moe();
+    if (moe.experts().d_ff() == 0) moe.experts().d_ff(4 * o.moe().d_model());
+    const double d = static_cast<double>(o.moe().d_model()), f = static_cast<double>(moe.experts().d_ff());
+    const double v = static_cast<double>(std::max<int64_t>(o.vocab_size(), 2));
+    const double layers = static_cast<double>(o.num_layers());
+    const double moe_layers =
+        o.moe_layer_indices() ? static_cast<double>(o.moe_layer_indices()->size()) : layers;
+    const double projections = nn::is_gated(moe.experts().activation()) ? 3 : 2;
+    const double norm = o.norm() == nn::NormKind::kLayerNorm ? 2 * d : d;
+    const double ffn = projections * d * f + (moe.experts().bias() ? (projections - 1) * f + d : 0);
+    return v * d * (o.tie_embeddings() ? 1 : 2) +
+           (o.positions() == nn::PositionKind::kLearned ? static_cast<double>(o.max_length()) * d : 0) +
+           layers * (4 * d * d + (o.attention_bias() ? 4 * d : 0) + 2 * norm) + norm +
+           moe_layers * moe_layer_parameters(moe) + (layers - moe_layers) * ffn;
+  };
+  entries.back().estimate_activations = [](const YAML::Node& section) {
+    // Per position (a block's length is the data's): the layers, and the logits over V.
+    const auto o = parse_options<MoEDecoderOptions>(section, "model");
+    nn::MoELayerOptions moe = o.moe();
+    if (moe.experts().d_ff() == 0) moe.experts().d_ff(4 * o.moe().d_model());
+    const double d = static_cast<double>(o.moe().d_model());
+    return static_cast<double>(o.num_layers()) * (12 * d + moe_layer_activations(moe)) +
+           3 * static_cast<double>(std::max<int64_t>(o.vocab_size(), 2));
   };
   return entries;
 }

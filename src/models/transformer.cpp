@@ -7,14 +7,6 @@
 #include "moelab/config/fields.h"
 #include "moelab/nn/options_yaml.h"
 
-namespace moelab::config {
-template <>
-struct EnumNames<nn::PositionKind> {
-  static nn::PositionKind parse(const std::string& s) { return nn::parse_position_kind(s); }
-  static std::string print(nn::PositionKind v) { return nn::to_string(v); }
-};
-}  // namespace moelab::config
-
 namespace moelab::models {
 
 template <typename V>
@@ -34,46 +26,66 @@ namespace {
 constexpr const char* kMoELayerIndices = "moe_layer_indices";
 }  // namespace
 
-// moe_layer_indices is a list or null, which the scalar fields do not cover: written and read
-// here, the rest through visit.
-YAML::Node to_yaml(const TransformerMoEClassifierOptions& options) {
-  YAML::Node node = config::write_options(options);
-  const auto& indices = options.moe_layer_indices();
+void write_layer_indices(YAML::Node& node, const std::optional<std::vector<int64_t>>& indices) {
   YAML::Node list = indices ? YAML::Node(YAML::NodeType::Sequence) : YAML::Node(YAML::NodeType::Null);
   if (indices) {
     for (int64_t i : *indices) list.push_back(i);
     list.SetStyle(YAML::EmitterStyle::Flow);
   }
   node[kMoELayerIndices] = list;
+}
+
+YAML::Node read_layer_indices(const YAML::Node& node, std::optional<std::vector<int64_t>>& indices,
+                              const std::string& where) {
+  YAML::Node rest = config::clone(node);
+  if (!rest.IsMap() || !rest[kMoELayerIndices]) return rest;
+  const YAML::Node list = rest[kMoELayerIndices];
+  const std::string key = where + "." + kMoELayerIndices;
+  if (list.IsNull()) {
+    indices = std::nullopt;
+  } else if (list.IsSequence()) {
+    std::vector<int64_t> read;
+    for (const auto& item : list) {
+      try {
+        read.push_back(item.as<int64_t>());
+      } catch (const YAML::Exception&) {
+        throw ConfigError(key + ": expected a list of layer indices (integers), null for every "
+                          "layer or [] for none");
+      }
+    }
+    indices = read;
+  } else {
+    throw ConfigError(key + ": expected a list of layer indices, null for every layer or [] "
+                      "for none, got '" + list.as<std::string>("") + "'");
+  }
+  rest.remove(kMoELayerIndices);
+  return rest;
+}
+
+bool selects_layer(const std::optional<std::vector<int64_t>>& indices, int64_t layer) {
+  return !indices || std::find(indices->begin(), indices->end(), layer) != indices->end();
+}
+
+void check_layer_indices(const std::optional<std::vector<int64_t>>& indices, int64_t layers,
+                         const std::string& model) {
+  if (!indices) return;
+  for (int64_t index : *indices) {
+    TORCH_CHECK(index >= 0 && index < layers, model, ": moe_layer_indices has ", index,
+                ", outside the layers 0..", layers - 1);
+  }
+}
+
+// moe_layer_indices is a list or null, which the scalar fields do not cover: written and read
+// by the helpers above, the rest through visit.
+YAML::Node to_yaml(const TransformerMoEClassifierOptions& options) {
+  YAML::Node node = config::write_options(options);
+  write_layer_indices(node, options.moe_layer_indices());
   return node;
 }
 
 void from_yaml(const YAML::Node& node, TransformerMoEClassifierOptions& options,
                const std::string& where) {
-  YAML::Node rest = config::clone(node);
-  if (rest.IsMap() && rest[kMoELayerIndices]) {
-    const YAML::Node list = rest[kMoELayerIndices];
-    const std::string key = where + "." + kMoELayerIndices;
-    if (list.IsNull()) {
-      options.moe_layer_indices(std::nullopt);
-    } else if (list.IsSequence()) {
-      std::vector<int64_t> indices;
-      for (const auto& item : list) {
-        try {
-          indices.push_back(item.as<int64_t>());
-        } catch (const YAML::Exception&) {
-          throw ConfigError(key + ": expected a list of layer indices (integers), null for every "
-                            "layer or [] for none");
-        }
-      }
-      options.moe_layer_indices(indices);
-    } else {
-      throw ConfigError(key + ": expected a list of layer indices, null for every layer or [] "
-                        "for none, got '" + list.as<std::string>("") + "'");
-    }
-    rest.remove(kMoELayerIndices);
-  }
-  config::read_options(rest, options, where);
+  config::read_options(read_layer_indices(node, options.moe_layer_indices(), where), options, where);
 }
 
 TransformerMoEClassifierOptions::TransformerMoEClassifierOptions() : moe_(64, 0, 4) {
@@ -132,8 +144,7 @@ int64_t TransformerMoEClassifierImpl::ffn_width() const {
 }
 
 bool TransformerMoEClassifierImpl::is_moe_layer(int64_t layer) const {
-  const auto& indices = options.moe_layer_indices();
-  return !indices || std::find(indices->begin(), indices->end(), layer) != indices->end();
+  return selects_layer(options.moe_layer_indices(), layer);
 }
 
 TransformerMoEClassifierImpl::TransformerMoEClassifierImpl(TransformerMoEClassifierOptions options_)
@@ -148,12 +159,7 @@ TransformerMoEClassifierImpl::TransformerMoEClassifierImpl(TransformerMoEClassif
   TORCH_CHECK(o.positions() != nn::PositionKind::kRope,
               "TransformerMoEClassifier: positions must be sinusoidal, learned or none (rope is "
               "for the decoder)");
-  if (o.moe_layer_indices()) {
-    for (int64_t index : *o.moe_layer_indices()) {
-      TORCH_CHECK(index >= 0 && index < o.num_layers(), "TransformerMoEClassifier: "
-                  "moe_layer_indices has ", index, ", outside the layers 0..", o.num_layers() - 1);
-    }
-  }
+  check_layer_indices(o.moe_layer_indices(), o.num_layers(), "TransformerMoEClassifier");
   input = register_module("input", torch::nn::Linear(o.input_dim(), d));
   if (o.positions() == nn::PositionKind::kLearned) {
     learned_positions = register_module(

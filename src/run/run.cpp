@@ -176,11 +176,38 @@ nlohmann::json export_checkpoint(const std::string& path, const std::string& out
                         {"class_names", splits.class_names},
                         {"resolved_sizes", loaded.model->resolved_sizes()},
                         {"tensors", tensors}};
+  if (splits.tokenizer) {
+    splits.tokenizer->save((fs::path(out_dir) / train::kTokenizerDir).string());
+    config["tokenizer"] = {{"kind", splits.tokenizer->kind()},
+                           {"vocab_size", splits.tokenizer->vocab_size()},
+                           {"directory", train::kTokenizerDir}};
+  }
   if (!splits.input_mean.empty()) {
     config["input_normalization"] = {{"mean", splits.input_mean}, {"std", splits.input_std}};
   }
   io::write_file_atomic((fs::path(out_dir) / "config.json").string(), config.dump(2) + "\n");
   return config;
+}
+
+LoadedLanguageModel load_language_model(const std::string& path, bool prefer_latest) {
+  LoadedCheckpoint loaded = load_checkpoint_model(path, prefer_latest);
+  if (loaded.config["model"]["name"].as<std::string>() != "moe_decoder") {
+    throw ConfigError(path + ": the model is " + loaded.config["model"]["name"].as<std::string>() +
+                      ", not a language model (moe_decoder)");
+  }
+  // checkpoints/step-N -> the run directory, where the tokenizer is kept.
+  const fs::path run_dir = fs::path(loaded.directory).parent_path().parent_path();
+  const fs::path tokenizer_dir = run_dir / train::kTokenizerDir;
+  if (!fs::exists(tokenizer_dir / "tokenizer.json")) {
+    throw CheckpointError(tokenizer_dir.string() + ": no tokenizer (a language model's run keeps "
+                          "its tokenizer there)");
+  }
+  LoadedLanguageModel out;
+  out.checkpoint = loaded.directory;
+  out.step = loaded.step;
+  out.model = loaded.model;
+  out.tokenizer = data::load_tokenizer(tokenizer_dir.string());
+  return out;
 }
 
 }  // namespace moelab::run

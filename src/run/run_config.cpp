@@ -185,6 +185,19 @@ void check_model_fits_data(const YAML::Node& resolved, const data::Splits& split
                       resolved["data"]["name"].as<std::string>() +
                       " (HINT: set model.num_classes to the data's)");
   }
+  if (splits.tokenizer && model_size("vocab_size") >= 0 &&
+      model_size("vocab_size") != splits.tokenizer->vocab_size()) {
+    throw ConfigError("model.vocab_size (" + std::to_string(model_size("vocab_size")) +
+                      ") does not match the " + std::to_string(splits.tokenizer->vocab_size()) +
+                      " tokens of data." + resolved["data"]["name"].as<std::string>() +
+                      "'s tokenizer (HINT: model.vocab_size: 0 takes the tokenizer's)");
+  }
+  const YAML::Node data_section = resolved["data"];
+  if (data_section["block_length"] && model_size("max_length") >= 0 &&
+      data_section["block_length"].as<int64_t>() > model_size("max_length")) {
+    throw ConfigError("data.block_length (" + data_section["block_length"].Scalar() +
+                      ") is longer than model.max_length (" + std::to_string(model_size("max_length")) + ")");
+  }
   if (data::size_of(splits.train) == 0) return;
   const at::Tensor inputs = splits.train->range(0, 1).get(data::kInputs);
   if (!inputs.defined()) return;
@@ -214,17 +227,28 @@ void check_model_fits_data(const YAML::Node& resolved, const data::Splits& split
   }
 }
 
+void fill_sizes_from_data(YAML::Node& resolved, const data::Splits& splits) {
+  YAML::Node model = resolved["model"];
+  if (splits.tokenizer && model["vocab_size"] && model["vocab_size"].IsScalar() &&
+      model["vocab_size"].as<int64_t>() == 0) {
+    model["vocab_size"] = splits.tokenizer->vocab_size();
+  }
+}
+
 }  // namespace
 
 train::RunParts assemble_run(const YAML::Node& resolved) {
   train::RunParts parts;
-  parts.config = resolved;
+  parts.config = config::clone(resolved);
   parts.options = train_options(resolved);
-  torch::manual_seed(parts.options.seed());
-  parts.model = build_model(resolved);
+  // The data first: a language model's vocabulary is its tokenizer's (model.vocab_size 0). The
+  // generator is seeded after loading, so the model's initial weights do not depend on it.
   parts.data = load_data(resolved);
-  parts.task = make_task(resolved);
-  check_model_fits_data(resolved, parts.data, *parts.task);
+  fill_sizes_from_data(parts.config, parts.data);
+  torch::manual_seed(parts.options.seed());
+  parts.model = build_model(parts.config);
+  parts.task = make_task(parts.config);
+  check_model_fits_data(parts.config, parts.data, *parts.task);
   return parts;
 }
 

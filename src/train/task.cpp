@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "moelab/config/config.h"
+#include "moelab/train/language_model_task.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::train {
@@ -196,6 +197,8 @@ const std::vector<TaskEntry>& task_registry() {
        [] { return std::make_shared<ClassificationTask>(); }},
       {"regression", "mean squared error over real-valued outputs; MSE, MAE, Pearson r, R^2",
        [] { return std::make_shared<RegressionTask>(); }},
+      {"language_model", "next-token cross-entropy; perplexity per token and per word",
+       make_language_model_task},
   };
   return entries;
 }

@@ -144,6 +144,8 @@ Trainer::Trainer(RunParts parts, const std::string& run_dir)
   fs::create_directories(run_dir, ec);
   if (ec) throw ConfigError(run_dir + ": cannot create run directory: " + ec.message());
   io::write_file_atomic((fs::path(run_dir) / kRunConfigFile).string(), YAML::Dump(config_) + "\n");
+  // A language model's tokenizer lives with its run: generation and exports read it there.
+  if (data_.tokenizer) data_.tokenizer->save((fs::path(run_dir) / kTokenizerDir).string());
 }
 
 Trainer::Trainer(RunParts parts, const std::string& run_dir, Resumed)
@@ -353,12 +355,20 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
         line[name] = value;
         shown += fmt::format("  {} {:.4f}", name, value);
       }
+      // Sequence tasks count tokens too (a language model's throughput is tokens/s).
+      double tokens_per_s = 0;
+      if (train_metrics.details.contains("tokens")) {
+        tokens_per_s = train_metrics.details["tokens"].get<double>() / std::max(seconds, 1e-9);
+        line["tokens_per_s"] = tokens_per_s;
+      }
       for (const auto& term : last_model_terms) line["aux_terms"][term.name] = term.value.item<double>();
       append_metrics(line);
       for (auto& tally : interval_tally_) tally.clear();
       if (console_mode_ == ConsoleMode::kLines) {
-        say(fmt::format("step {}/{}  loss {:.4f}{}  lr {:.3g}  {:.0f} samples/s  elapsed {}",
-                        step_, total_steps_, summary.final_train_loss, shown, lr, samples_per_s,
+        const std::string rate = tokens_per_s > 0 ? fmt::format("{:.0f} tokens/s", tokens_per_s)
+                                                  : fmt::format("{:.0f} samples/s", samples_per_s);
+        say(fmt::format("step {}/{}  loss {:.4f}{}  lr {:.3g}  {}  elapsed {}", step_,
+                        total_steps_, summary.final_train_loss, shown, lr, rate,
                         format_clock(seconds_trained())));
       }
       interval_ = LogInterval{};

@@ -7,6 +7,8 @@
 //   targets       (B) int64 class labels, or (B, outputs) float32 regression targets
 //   padding_mask  (B, L) bool, true = a real position (sequence models)
 //   token_ids     (B, L) int64 (language models; the hash router)
+//   target_word_starts  (B, L) bool, the target token begins a word (per-word perplexity)
+//   token_tags    (B, L) int64, each input token's part-of-speech class, -1 if none (analysis)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,6 +23,8 @@ inline constexpr const char* kInputs = "inputs";
 inline constexpr const char* kTargets = "targets";
 inline constexpr const char* kPaddingMask = "padding_mask";
 inline constexpr const char* kTokenIds = "token_ids";
+inline constexpr const char* kTargetWordStarts = "target_word_starts";
+inline constexpr const char* kTokenTags = "token_tags";
 
 class Batch {
  public:

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "moelab/data/batch.h"
+#include "moelab/data/tokenizer.h"
 
 namespace moelab::data {
 
@@ -71,9 +72,14 @@ struct Splits {
   /// Applied to each training batch (random crop, flip, ...); draws from the global generator,
   /// which checkpoints save. Empty: no augmentation.
   std::function<Batch(Batch batch)> augment;
+  /// Text data: the tokenizer that made the token ids (saved with the run and its exports).
+  std::shared_ptr<const Tokenizer> tokenizer;
+  /// Names of the token_tags classes (part of speech), empty if the text has none.
+  std::vector<std::string> tag_names;
 };
 
-/// Moves a seeded `fraction` of `train` into `val` (the same seed, the same split).
+/// Moves a seeded `fraction` of `train` into `val` (the same seed, the same split); a data set
+/// that has its own validation split keeps it.
 void split_validation(Splits& splits, double fraction, uint64_t seed);
 
 /// The order of one epoch over `size` samples: a pure function of (seed, epoch).

@@ -82,6 +82,18 @@ struct TransformerMoEClassifierOptions {
   TORCH_ARG(nn::MoELayerOptions, moe);
 };
 
+/// The optional list of MoE layers every Transformer model's options carry as
+/// `moe_layer_indices` (null = every layer, [] = none): written into `node`; read from `node`,
+/// returning the node without that key (for the scalar fields).
+void write_layer_indices(YAML::Node& node, const std::optional<std::vector<int64_t>>& indices);
+YAML::Node read_layer_indices(const YAML::Node& node, std::optional<std::vector<int64_t>>& indices,
+                              const std::string& where);
+/// Whether `layer` is an MoE layer under `indices`.
+bool selects_layer(const std::optional<std::vector<int64_t>>& indices, int64_t layer);
+/// Every index in 0 .. layers - 1, else an error naming `model` and the index.
+void check_layer_indices(const std::optional<std::vector<int64_t>>& indices, int64_t layers,
+                         const std::string& model);
+
 YAML::Node to_yaml(const TransformerMoEClassifierOptions& options);
 void from_yaml(const YAML::Node& node, TransformerMoEClassifierOptions& options,
                const std::string& where);

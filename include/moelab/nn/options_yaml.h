@@ -4,7 +4,10 @@
 
 #include <string>
 
+#include "moelab/config/fields.h"
 #include "moelab/nn/moe_layer.h"
+#include "moelab/nn/norm.h"
+#include "moelab/nn/positional_encoding.h"
 
 namespace YAML {
 class Node;
@@ -25,3 +28,17 @@ YAML::Node to_yaml(const MoELayerOptions& options);
 void from_yaml(const YAML::Node& node, MoELayerOptions& options, const std::string& where);
 
 }  // namespace moelab::nn
+
+namespace moelab::config {
+// The Transformer models' enums, by the names their configs use.
+template <>
+struct EnumNames<nn::PositionKind> {
+  static nn::PositionKind parse(const std::string& s) { return nn::parse_position_kind(s); }
+  static std::string print(nn::PositionKind v) { return nn::to_string(v); }
+};
+template <>
+struct EnumNames<nn::NormKind> {
+  static nn::NormKind parse(const std::string& s) { return nn::parse_norm_kind(s); }
+  static std::string print(nn::NormKind v) { return nn::to_string(v); }
+};
+}  // namespace moelab::config

@@ -64,4 +64,16 @@ CheckpointEvaluation evaluate_checkpoint(const std::string& run_dir_or_checkpoin
 nlohmann::json export_checkpoint(const std::string& run_dir_or_checkpoint,
                                  const std::string& out_dir, bool prefer_latest = false);
 
+/// A trained language model and its tokenizer, for generation.
+struct LoadedLanguageModel {
+  std::string checkpoint;
+  int64_t step = 0;
+  std::shared_ptr<models::Model> model;
+  std::shared_ptr<const data::Tokenizer> tokenizer;
+};
+
+/// Loads the checkpoint of a run (its best, or newest with prefer_latest) whose model is a
+/// moe_decoder, and the run's tokenizer; ConfigError if the model is not a language model.
+LoadedLanguageModel load_language_model(const std::string& run_dir_or_checkpoint, bool prefer_latest = false);
+
 }  // namespace moelab::run

@@ -16,6 +16,8 @@ namespace moelab::train {
 inline constexpr const char* kCheckpointDir = "checkpoints";
 inline constexpr const char* kMetricsFile = "metrics.jsonl";
 inline constexpr const char* kRunConfigFile = "config.yaml";
+/// A text run's tokenizer (data/tokenizer.h), beside its config.
+inline constexpr const char* kTokenizerDir = "tokenizer";
 
 /// "step-00000060".
 std::string checkpoint_name(int64_t step);
