@@ -156,6 +156,14 @@ void register_run_commands(CLI::App& app, Action& action) {
       const nlohmann::json result =
           analysis::run_study(plan, dir, train::console_mode_for_stdout(), std::cout);
       for (const auto& run : result["runs"]) {
+        if (run.contains("language_model")) {
+          const auto& lm = run["language_model"];
+          std::cout << fmt::format("{:<20} test perplexity per word {:.1f}  params {:>11}  FLOPs/token {:>11}  {:.0f} tokens/s\n",
+                                   run["name"].get<std::string>(), lm["test_word_perplexity"].get<double>(),
+                                   run["parameters_total"].get<int64_t>(), run["flops_per_sample"].get<int64_t>(),
+                                   lm["train_tokens_per_s"].get<double>());
+          continue;
+        }
         std::cout << fmt::format("{:<20} test accuracy {:.2f}%  params {:>9}  FLOPs/image {:>11}\n",
                                  run["name"].get<std::string>(), 100.0 * run["test_accuracy"].get<double>(),
                                  run["parameters_total"].get<int64_t>(), run["flops_per_sample"].get<int64_t>());
@@ -172,7 +180,7 @@ void register_run_commands(CLI::App& app, Action& action) {
   });
 
   struct ExportArguments {
-    std::string path, out;
+    std::string path, out, format = "moelab";
     bool latest = false;
   };
   auto export_args = std::make_shared<ExportArguments>();
@@ -182,8 +190,23 @@ void register_run_commands(CLI::App& app, Action& action) {
       ->required();
   exporter->add_option("--out", export_args->out, "Output directory")->required();
   exporter->add_flag("--latest", export_args->latest, "Use the run's newest checkpoint, not its best");
+  exporter->add_option("--format", export_args->format,
+                       "moelab (moelab's names) or hf (a moe_decoder in the Mixtral/Llama layout "
+                       "Hugging Face transformers loads)")
+      ->check(CLI::IsMember({"moelab", "hf"}))
+      ->capture_default_str();
   exporter->callback([export_args, &action] {
     action = [export_args] {
+      if (export_args->format == "hf") {
+        const nlohmann::json config =
+            run::export_hugging_face(export_args->path, export_args->out, export_args->latest);
+        std::cout << fmt::format("exported {} (step {}) as {} to {}/model.safetensors and {}/config.json\n",
+                                 config["moelab"]["source_checkpoint"].get<std::string>(),
+                                 config["moelab"]["step"].get<int64_t>(),
+                                 config["architectures"][0].get<std::string>(), export_args->out,
+                                 export_args->out);
+        return;
+      }
       const nlohmann::json config =
           run::export_checkpoint(export_args->path, export_args->out, export_args->latest);
       std::cout << fmt::format("exported {} tensors of {} (step {}) to {}/model.safetensors and "

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <set>
 
+#include "moelab/analysis/language_model_study.h"
 #include "moelab/analysis/plot.h"
 #include "moelab/config/config.h"
 #include "moelab/models/registry.h"
@@ -111,7 +112,7 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
   }
   if (!matched.empty()) {
     if (plan.reference.empty() || !resolved.count(plan.reference)) {
-      throw ConfigError("study.reference: runs with `match` need the name of a vision_moe run to "
+      throw ConfigError("study.reference: runs with `match` need the name of an MoE run to "
                         "match ('" + plan.reference + "' is not one)");
     }
     const YAML::Node reference = resolved[plan.reference]["model"];
@@ -162,21 +163,29 @@ nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
     }
     const nlohmann::json* test = last_of_kind(lines, "test");
     if (!test) throw TrainingError("study: run '" + name + "' finished without a test evaluation");
-    const models::ModelCost cost = run::build_model(config)->cost();
+    // The run's own config: a language model's vocabulary is filled in from its data.
+    const YAML::Node saved = config::load_file((fs::path(run_dir) / train::kRunConfigFile).string());
+    const models::ModelCost cost = run::build_model(saved)->cost();
     const std::string checkpoint = train::latest_checkpoint(run_dir);
     const double seconds =
         checkpoint.empty() ? 0.0
                            : train::read_manifest(checkpoint)["metadata"].value("train_seconds", 0.0);
-    study["runs"].push_back({{"name", name},
-                             {"model", config["model"]["name"].as<std::string>()},
-                             {"parameters_total", cost.parameters_total},
-                             {"parameters_active", cost.parameters_active},
-                             {"flops_per_sample", cost.flops_per_sample},
-                             {"test_accuracy", (*test)["accuracy"]},
-                             {"test_loss", (*test)["loss"]},
-                             {"test_split", (*test)["split"]},
-                             {"train_seconds", seconds},
-                             {"steps", (*test)["step"]}});
+    nlohmann::json entry{{"name", name},
+                         {"model", config["model"]["name"].as<std::string>()},
+                         {"task", config["task"]["name"].as<std::string>()},
+                         {"parameters_total", cost.parameters_total},
+                         {"parameters_active", cost.parameters_active},
+                         {"flops_per_sample", cost.flops_per_sample},
+                         {"test_loss", (*test)["loss"]},
+                         {"test_split", (*test)["split"]},
+                         {"train_seconds", seconds},
+                         {"steps", (*test)["step"]}};
+    if (entry["task"] == "language_model") {
+      entry["language_model"] = analyse_language_model_run(run_dir, config);
+    } else {
+      entry["test_accuracy"] = (*test)["accuracy"];
+    }
+    study["runs"].push_back(entry);
   }
   std::ofstream(fs::path(study_dir) / "study.json") << study.dump(2) << "\n";
   return study;
@@ -222,6 +231,30 @@ std::string write_report(const std::string& study_dir) {
   const fs::path report = fs::path(study_dir) / "report";
   fs::create_directories(report);
   auto png = [&](const std::string& name) { return (report / name).string(); };
+  const bool language_models = !study["runs"].empty() && study["runs"][0].contains("language_model");
+  if (language_models) {
+    const std::string body = language_model_report(study, study_dir, report.string());
+    const std::string index = (report / "index.html").string();
+    std::ofstream(index) << fmt::format(R"(<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>moelab study: {0}</title>
+<style>
+body {{ font-family: 'DejaVu Sans', Arial, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th {{ background: #f0f4f8; }}
+td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; border: 1px solid #eee; }}
+</style></head><body>
+<h1>moelab study: {0}</h1>
+<p>Language models at one training budget. Perplexity per word: exp(total negative
+log-likelihood / words) on the split, the end of each document counting as a word. FLOPs:
+forward multiply-adds x 2 per token (router + the k chosen experts for MoE runs), attention's
+context-length terms left out.</p>
+{1}
+</body></html>
+)", html_escape(study["name"].get<std::string>()), body);
+    return index;
+  }
 
   std::vector<Series> train_loss, val_loss;
   std::vector<double> accuracy, flops, params;

@@ -25,6 +25,7 @@ void visit(V& v, MoEDecoderOptions& o) {
   v.field("attention_dropout", o.attention_dropout());
   v.field("attention_bias", o.attention_bias());
   v.field("tie_embeddings", o.tie_embeddings());
+  v.field("fused_loss", o.fused_loss());
   v.nested("moe", o.moe());
 }
 
@@ -36,6 +37,27 @@ YAML::Node to_yaml(const MoEDecoderOptions& options) {
 
 void from_yaml(const YAML::Node& node, MoEDecoderOptions& options, const std::string& where) {
   config::read_options(read_layer_indices(node, options.moe_layer_indices(), where), options, where);
+}
+
+MoEDecoderOptions dense_baseline(const MoEDecoderOptions& moe, MatchTarget what) {
+  const nn::MoELayerOptions& layer = moe.moe();
+  const double f = static_cast<double>(layer.experts().d_ff() > 0 ? layer.experts().d_ff() : 4 * layer.d_model());
+  const double projections = nn::is_gated(layer.experts().activation()) ? 3 : 2;
+  const double experts = static_cast<double>(layer.num_experts());
+  const double shared = static_cast<double>(layer.num_shared_experts()) *
+                        static_cast<double>(layer.shared_d_ff() > 0 ? layer.shared_d_ff() : f);
+  const double routed = what == MatchTarget::kFlops ? static_cast<double>(layer.router().top_k()) : experts;
+  // Per MoE block: routed (+ shared) FFN units plus the router's D x E, in units of one hidden
+  // unit's projections x D.
+  const double moe_units = routed * f + shared + experts / projections;
+  double total = 0;
+  for (int64_t l = 0; l < moe.num_layers(); ++l) {
+    total += selects_layer(moe.moe_layer_indices(), l) ? moe_units : f;
+  }
+  MoEDecoderOptions dense = moe;
+  dense.moe_layer_indices(std::vector<int64_t>{});
+  dense.moe().experts().d_ff(static_cast<int64_t>(std::llround(total / static_cast<double>(moe.num_layers()))));
+  return dense;
 }
 
 MoEDecoderOptions::MoEDecoderOptions() : moe_(256, 0, 8) {
@@ -164,12 +186,13 @@ at::Tensor MoEDecoderImpl::output_weight() const {
 }
 
 ModelOutput MoEDecoderImpl::forward(const data::Batch& batch) {
-  return forward_tokens(batch.at(data::kTokenIds), batch.get(data::kPaddingMask), nullptr);
+  return forward_tokens(batch.at(data::kTokenIds), batch.get(data::kPaddingMask), nullptr,
+                        options.fused_loss() && batch.has(data::kTargets));
 }
 
 ModelOutput MoEDecoderImpl::forward_tokens(const at::Tensor& token_ids,
                                            const at::Tensor& padding_mask,
-                                           std::vector<nn::KVCache>* caches) {
+                                           std::vector<nn::KVCache>* caches, bool hidden_only) {
   const auto& o = options;
   TORCH_CHECK(token_ids.dim() == 2 && !at::isFloatingType(token_ids.scalar_type()),
               "MoEDecoder: token_ids must be (B, L) integers, got ", token_ids.scalar_type(),
@@ -208,7 +231,12 @@ ModelOutput MoEDecoderImpl::forward_tokens(const at::Tensor& token_ids,
     h = blocks[l]->as<DecoderBlockImpl>()->forward(h, mask, ids,
                                                    caches ? &(*caches)[l] : nullptr, out);
   }
-  out.outputs = torch::nn::functional::linear(final_norm->forward(h), output_weight());
+  if (hidden_only) {
+    out.hidden = final_norm->forward(h);
+    out.output_weight = output_weight();
+  } else {
+    out.outputs = torch::nn::functional::linear(final_norm->forward(h), output_weight());
+  }
   return out;
 }
 

@@ -150,6 +150,11 @@ std::vector<ModelEntry> register_models() {
            layers * (4 * d * d + (o.attention_bias() ? 4 * d : 0) + 2 * norm) + norm +
            moe_layers * moe_layer_parameters(moe) + (layers - moe_layers) * ffn;
   };
+  entries.back().dense_baseline = [](const YAML::Node& section, MatchTarget target) {
+    YAML::Node model = to_yaml(dense_baseline(parse_options<MoEDecoderOptions>(section, "model"), target));
+    model["name"] = "moe_decoder";
+    return model;
+  };
   entries.back().estimate_activations = [](const YAML::Node& section) {
     // Per position (a block's length is the data's): the layers, and the logits over V.
     const auto o = parse_options<MoEDecoderOptions>(section, "model");

@@ -8,6 +8,7 @@
 #include "moelab/config/config.h"
 #include "moelab/io/file.h"
 #include "moelab/io/safetensors.h"
+#include "moelab/models/hugging_face.h"
 #include "moelab/run/run_config.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/run_directory.h"
@@ -208,6 +209,27 @@ LoadedLanguageModel load_language_model(const std::string& path, bool prefer_lat
   out.model = loaded.model;
   out.tokenizer = data::load_tokenizer(tokenizer_dir.string());
   return out;
+}
+
+nlohmann::json export_hugging_face(const std::string& path, const std::string& out_dir,
+                                   bool prefer_latest) {
+  const LoadedLanguageModel loaded = load_language_model(path, prefer_latest);
+  const auto& decoder = dynamic_cast<const models::MoEDecoderImpl&>(*loaded.model);
+  const models::HuggingFaceModel hf = models::to_hugging_face(decoder, loaded.tokenizer->end_of_document());
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) throw ConfigError(out_dir + ": cannot create export directory: " + ec.message());
+  // transformers reads only safetensors files whose metadata says format "pt".
+  io::save_safetensors((fs::path(out_dir) / "model.safetensors").string(), hf.tensors, {{"format", "pt"}});
+  nlohmann::json config = hf.config;
+  config["moelab"] = {{"source_checkpoint", loaded.checkpoint}, {"step", loaded.step},
+                      {"tokenizer", {{"kind", loaded.tokenizer->kind()}, {"directory", train::kTokenizerDir}}}};
+  io::write_file_atomic((fs::path(out_dir) / "config.json").string(), config.dump(2) + "\n");
+  const nlohmann::json generation{{"eos_token_id", loaded.tokenizer->end_of_document()},
+                                  {"max_length", decoder.options.max_length()}};
+  io::write_file_atomic((fs::path(out_dir) / "generation_config.json").string(), generation.dump(2) + "\n");
+  loaded.tokenizer->save((fs::path(out_dir) / train::kTokenizerDir).string());
+  return config;
 }
 
 }  // namespace moelab::run

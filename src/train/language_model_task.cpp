@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "moelab/nn/linear_cross_entropy.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::train {
@@ -20,6 +21,17 @@ at::Tensor real_targets(const data::Batch& batch) {
 at::Tensor token_nll(const models::ModelOutput& output, const data::Batch& batch,
                      const at::Tensor& real) {
   const at::Tensor& targets = batch.at(data::kTargets);
+  if (!output.outputs.defined() && output.hidden.defined()) {
+    // The model left the projection to the fused loss.
+    const at::Tensor& hidden = output.hidden;
+    TORCH_CHECK(hidden.dim() == 3 && hidden.size(0) == targets.size(0) && hidden.size(1) == targets.size(1),
+                "task language_model: the model's hidden states ", hidden.sizes(), " do not fit targets ",
+                targets.sizes());
+    const at::Tensor masked = at::where(real, targets, at::full_like(targets, -1));
+    return nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(2)}), output.output_weight,
+                                    masked.reshape({-1}))
+        .view(targets.sizes());
+  }
   const at::Tensor& logits = output.outputs;
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == targets.size(0) && logits.size(1) == targets.size(1),
               "task language_model: the model outputs ", logits.sizes(), " for targets ",
@@ -33,12 +45,13 @@ at::Tensor token_nll(const models::ModelOutput& output, const data::Batch& batch
 
 class LanguageModelAccumulator : public MetricAccumulator {
  public:
-  void add(const models::ModelOutput& output, const data::Batch& batch,
-           const at::Tensor& /*sample_loss*/) override {
-    at::NoGradGuard no_grad;
+  void add(const models::ModelOutput& /*output*/, const data::Batch& batch,
+           const at::Tensor& sample_loss) override {
     const at::Tensor real = real_targets(batch);
-    nll_ += token_nll(output, batch, real).sum().item<double>();
     const int64_t tokens = real.sum().item<int64_t>();
+    // sample_loss is each sample's NLL over the batch's mean real tokens per sample.
+    nll_ += sample_loss.to(at::kDouble).sum().item<double>() * static_cast<double>(tokens) /
+            static_cast<double>(batch.size());
     tokens_ += tokens;
     const at::Tensor starts = batch.get(data::kTargetWordStarts);
     words_ += starts.defined() ? starts.to(at::kBool).logical_and(real).sum().item<int64_t>() : tokens;

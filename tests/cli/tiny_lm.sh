@@ -24,8 +24,15 @@ b=$("$moelab" generate "$dir/run" --prompt "the quick" --max-new-tokens 12 --see
 [ "$a" = "$b" ] && echo "generation is seeded"
 greedy=$("$moelab" generate "$dir/run" --prompt "the quick brown" --max-new-tokens 3 --temperature 0)
 [ "$greedy" = "the quick brown fox jumps over" ] && echo "greedy continues the sentence" || echo "greedy: $greedy"
+"$moelab" export "$dir/run" --format hf --out "$dir/hf" > /dev/null
+grep -q '"architectures": \[\s*$' "$dir/hf/config.json" && grep -q '"MixtralForCausalLM"' "$dir/hf/config.json" &&
+  test -s "$dir/hf/model.safetensors" && test -s "$dir/hf/tokenizer/vocab.txt" && echo "hf export is Mixtral"
 "$moelab" tokenizer train -c "$here/tiny_lm.yaml" $common --vocab-size 300 --out "$dir/spm" > /dev/null
 test -s "$dir/spm/tokenizer.model" && echo "sentencepiece tokenizer trained"
 "$moelab" train -c "$here/tiny_lm.yaml" --run-dir "$dir/run-spm" $common data.tokenizer=sentencepiece \
   data.tokenizer_path="$dir/spm" train.max_steps=10 > /dev/null
 "$moelab" generate "$dir/run-spm" --prompt "the" --max-new-tokens 5 --seed 1 > /dev/null && echo "sentencepiece run generates"
+"$moelab" study -c "$here/tiny_lm_study.yaml" --run-dir "$dir/study" base.data.path="$dir/corpus.txt" \
+  base.data.cache_dir="$dir/cache" > "$dir/study.log"
+grep -q 'moe .*test perplexity per word' "$dir/study.log" && grep -q '<h2>Sample generations</h2>' "$dir/study/report/index.html" &&
+  test -s "$dir/study/report/loss.png" && echo "language-model study and report"

@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include "moelab/nn/gating.h"
+#include "moelab/nn/moe_layer.h"
 #include "moelab/nn/router.h"
 #include "support/naive_moe.h"
 

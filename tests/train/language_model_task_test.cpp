@@ -60,3 +60,29 @@ TEST(LanguageModelTaskTest, RejectsDataWithoutTokens) {
   moelab::data::Batch images({{"inputs", torch::zeros({2, 3})}, {"targets", torch::zeros({2}, torch::kLong)}});
   EXPECT_THROW(task->check_batch(images), moelab::DataError);
 }
+
+// The decoder's fused path (hidden states and the output projection, no logits) gives the loss,
+// the metrics and the gradients of the logits path.
+TEST(LanguageModelTaskTest, FusedProjectionEqualsTheLogitsPath) {
+  torch::manual_seed(5);
+  auto task = moelab::train::make_task("language_model");
+  const at::Tensor hidden0 = torch::randn({2, 3, 6}), weight0 = torch::randn({9, 6});
+  moelab::data::Batch batch({{"token_ids", torch::zeros({2, 3}, torch::kLong)},
+                             {"targets", torch::tensor({{1, 8, 3}, {0, -1, 2}}, torch::kLong)}});
+  auto hidden1 = hidden0.clone().requires_grad_(), weight1 = weight0.clone().requires_grad_();
+  auto hidden2 = hidden0.clone().requires_grad_(), weight2 = weight0.clone().requires_grad_();
+  moelab::models::ModelOutput fused, logits;
+  fused.hidden = hidden1;
+  fused.output_weight = weight1;
+  logits.outputs = torch::matmul(hidden2, weight2.t());
+  const at::Tensor a = task->sample_loss(fused, batch), b = task->sample_loss(logits, batch);
+  EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-6));
+  a.mean().backward();
+  b.mean().backward();
+  EXPECT_TRUE(torch::allclose(hidden1.grad(), hidden2.grad(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(weight1.grad(), weight2.grad(), 1e-5, 1e-6));
+  auto m1 = task->accumulator(), m2 = task->accumulator();
+  m1->add(fused, batch, a.detach());
+  m2->add(logits, batch, b.detach());
+  EXPECT_NEAR(m1->result().values.at("loss"), m2->result().values.at("loss"), 1e-6);
+}

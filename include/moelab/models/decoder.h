@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "moelab/models/model.h"
+#include "moelab/models/registry.h"
 #include "moelab/nn/attention.h"
 #include "moelab/nn/feed_forward.h"
 #include "moelab/nn/norm.h"
@@ -62,6 +63,10 @@ struct MoEDecoderOptions {
   TORCH_ARG(bool, attention_bias) = false;
   /// The output projection is the token embedding (transposed). Default true.
   TORCH_ARG(bool, tie_embeddings) = true;
+  /// Given targets, leave the output projection to the task's fused projection +
+  /// cross-entropy (ModelOutput::hidden), so the (B, L, V) logits are never held whole. Default
+  /// true.
+  TORCH_ARG(bool, fused_loss) = true;
   /// 0-based blocks whose FFN is an MoE layer; nullopt (YAML null) = every block, {} = none.
   TORCH_ARG(std::optional<std::vector<int64_t>>, moe_layer_indices) = std::nullopt;
   /// The MoE layers and the model's sizes: width D = moe.d_model, FFN width ff = moe.d_ff
@@ -69,6 +74,12 @@ struct MoEDecoderOptions {
   /// renormalised weights (Mixtral), SwiGLU experts without biases, load balance 0.01.
   TORCH_ARG(nn::MoELayerOptions, moe);
 };
+
+/// The dense decoder matched to an MoE decoder: the same model with every block dense, its FFN
+/// width chosen so that the blocks' FFN multiply-adds per token (router included) equal the
+/// MoE's active ones (kFlops: about k x d_ff) or its FFN parameters equal the MoE's total
+/// (kParameters: about E x d_ff), averaged over the blocks, rounded to the nearest integer.
+MoEDecoderOptions dense_baseline(const MoEDecoderOptions& moe, MatchTarget what);
 
 YAML::Node to_yaml(const MoEDecoderOptions& options);
 void from_yaml(const YAML::Node& node, MoEDecoderOptions& options, const std::string& where);
@@ -106,11 +117,13 @@ class MoEDecoderImpl : public ModelBase<MoEDecoderImpl> {
   /// N(0, 0.02^2) weights, residual projections scaled by 1/sqrt(2 x layers), zero biases.
   void reset_parameters();
 
-  /// token_ids (B, L) int64; padding_mask (B, L) bool (optional) -> outputs (B, L, V) logits.
+  /// token_ids (B, L) int64; padding_mask (B, L) bool (optional) -> outputs (B, L, V) logits;
+  /// with targets in the batch and fused_loss, hidden and output_weight instead.
   ModelOutput forward(const data::Batch& batch) override;
   /// The same for generation: caches (one per block, extended) hold the positions before.
+  /// hidden_only: hidden and output_weight instead of the logits.
   ModelOutput forward_tokens(const at::Tensor& token_ids, const at::Tensor& padding_mask,
-                             std::vector<nn::KVCache>* caches);
+                             std::vector<nn::KVCache>* caches, bool hidden_only = false);
   ModelCost cost() const override;
   nlohmann::json resolved_sizes() const override;
 

@@ -29,6 +29,10 @@ struct ModelOutput {
   at::Tensor aux_loss;                     // () every weighted aux term summed (layers + model)
   std::vector<nn::MoEOutput> moe_layers;   // one per MoE layer, in depth order
   std::vector<ModelAuxTerm> model_terms;   // the model's own terms, logged by name
+  /// A language model given targets leaves `outputs` (logits) undefined and hands the task its
+  /// final hidden states (B, L, D) and output projection (V, D) instead, for the fused
+  /// projection + cross-entropy (nn/linear_cross_entropy.h).
+  at::Tensor hidden, output_weight;
 };
 
 struct ModelCost {

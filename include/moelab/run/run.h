@@ -64,6 +64,12 @@ CheckpointEvaluation evaluate_checkpoint(const std::string& run_dir_or_checkpoin
 nlohmann::json export_checkpoint(const std::string& run_dir_or_checkpoint,
                                  const std::string& out_dir, bool prefer_latest = false);
 
+/// Writes a moe_decoder checkpoint in the layout Hugging Face transformers loads
+/// (models/hugging_face.h): OUT_DIR/model.safetensors, config.json, generation_config.json and
+/// the run's tokenizer (tokenizer/). Returns config.json's content.
+nlohmann::json export_hugging_face(const std::string& run_dir_or_checkpoint, const std::string& out_dir,
+                                   bool prefer_latest = false);
+
 /// A trained language model and its tokenizer, for generation.
 struct LoadedLanguageModel {
   std::string checkpoint;
