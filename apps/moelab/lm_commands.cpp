@@ -8,13 +8,17 @@
 #include <filesystem>
 #include <iostream>
 
+#include <stdlib.h>
+
 #include "commands.h"
 #include "moelab/config/config.h"
 #include "moelab/config/fields.h"
 #include "moelab/data/text_data.h"
 #include "moelab/models/generation.h"
+#include "moelab/perf/eager_decoder.h"
 #include "moelab/run/run.h"
 #include "moelab/run/run_config.h"
+#include "moelab/train/trainer.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::app {
@@ -79,6 +83,90 @@ void tokenizer_train_command(const TokenizerTrainArguments& args) {
                            args.out, args.out);
 }
 
+struct BenchLanguageModelArguments : ConfigArguments {
+  int64_t steps = 10, warmup = 2, generate = 200;
+  bool json = false, eager_reference = false;
+};
+
+// Training tokens/s over `steps` timed steps (after `warmup`), in a temporary run directory
+// without evaluation or checkpoints; then generation tokens/s at batch 1 with the key/value
+// cache, from a freshly initialised model of the same config.
+void bench_language_model(const BenchLanguageModelArguments& args) {
+  std::vector<std::string> overrides = args.overrides;
+  overrides.insert(overrides.end(),
+                   {"train.epochs=0", "train.max_steps=" + std::to_string(args.warmup + args.steps),
+                    "train.eval_every=0", "train.eval_each_epoch=false", "train.checkpoint_every=0",
+                    "train.checkpoint_every_minutes=0", "train.max_time=0"});
+  const YAML::Node resolved = run::resolve_run_config(args.files, overrides);
+  if (resolved["model"]["name"].as<std::string>() != "moe_decoder") {
+    throw ConfigError("model.name: bench lm measures a language model (moe_decoder), not " +
+                      resolved["model"]["name"].as<std::string>());
+  }
+  std::string pattern = (std::filesystem::temp_directory_path() / "moelab-bench-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) throw IoError(pattern + ": cannot create a temporary run directory");
+  train::TrainProfile profile;
+  profile.skip_steps = args.warmup;
+  try {
+    auto trainer = run::start_run(resolved, pattern + "/run");
+    trainer->set_profile(&profile);
+    trainer->run();
+  } catch (...) {
+    std::filesystem::remove_all(pattern);
+    throw;
+  }
+  std::filesystem::remove_all(pattern);
+  const double tokens_per_step = resolved["train"]["batch_size"].as<double>() *
+                                 resolved["data"]["block_length"].as<double>();
+  const double train_seconds = profile.step.total() + profile.bookkeeping;
+  const double train_rate = static_cast<double>(profile.steps) * tokens_per_step / std::max(train_seconds, 1e-9);
+
+  train::RunParts parts = run::assemble_run(resolved);
+  auto& decoder = dynamic_cast<models::MoEDecoderImpl&>(*parts.model);
+  models::GenerationOptions options;
+  options.max_new_tokens = args.generate;
+  options.seed = 1;
+  models::generate(decoder, {parts.data.tokenizer->end_of_document()}, options);  // warm-up
+  const auto start = std::chrono::steady_clock::now();
+  const auto generated = models::generate(decoder, {parts.data.tokenizer->end_of_document()}, options);
+  const double generate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double generate_rate = static_cast<double>(generated.size()) / std::max(generate_seconds, 1e-9);
+  double eager_rate = 0;
+  if (args.eager_reference) {
+    const auto& o = decoder.options;
+    perf::EagerDecoderOptions eager;
+    eager.vocab_size = o.vocab_size();
+    eager.d_model = o.moe().d_model();
+    eager.d_ff = decoder.ffn_width();
+    eager.num_layers = o.num_layers();
+    eager.num_heads = o.num_heads();
+    eager.num_experts = decoder.is_moe_layer(0) ? o.moe().num_experts() : 0;
+    eager.top_k = o.moe().router().top_k();
+    eager.batch_size = resolved["train"]["batch_size"].as<int64_t>();
+    eager.block_length = resolved["data"]["block_length"].as<int64_t>();
+    eager_rate = perf::eager_decoder_train_tokens_per_s(eager, args.steps, args.warmup);
+  }
+  if (args.json) {
+    std::cout << nlohmann::json{{"train_tokens_per_s", train_rate},
+                                {"eager_reference_tokens_per_s", eager_rate},
+                                {"train_steps", profile.steps},
+                                {"tokens_per_step", tokens_per_step},
+                                {"generate_tokens_per_s", generate_rate},
+                                {"generated_tokens", generated.size()}}
+                     .dump()
+              << "\n";
+    return;
+  }
+  std::cout << fmt::format("training: {:.0f} tokens/s ({} steps of {:.0f} tokens, after {} warm-up steps)\n"
+                           "generation: {:.0f} tokens/s (batch 1, key/value cache, {} tokens)\n",
+                           train_rate, profile.steps, tokens_per_step, args.warmup, generate_rate,
+                           generated.size());
+  if (args.eager_reference) {
+    std::cout << fmt::format("eager LibTorch reference (Mixtral-style expert loop, full logits): {:.0f} "
+                             "tokens/s; moelab / eager = {:.2f}\n",
+                             eager_rate, train_rate / std::max(eager_rate, 1e-9));
+  }
+}
+
 }  // namespace
 
 void register_language_model_commands(CLI::App& app, Action& action) {
@@ -108,6 +196,34 @@ void register_language_model_commands(CLI::App& app, Action& action) {
                      "Go on past the end-of-document token");
   generate->callback([generate_args, &action] {
     action = [generate_args] { generate_command(*generate_args); };
+  });
+
+  auto bench_args = std::make_shared<BenchLanguageModelArguments>();
+  CLI::App* bench_lm = app.get_subcommand("bench")->add_subcommand(
+      "lm", "Training tokens/s of a language-model config, and generation tokens/s (batch 1, "
+            "key/value cache)");
+  add_config_arguments(*bench_lm, *bench_args);
+  bench_lm->add_option("--steps", bench_args->steps, "Timed training steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  bench_lm->add_option("--warmup", bench_args->warmup, "Untimed steps first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  bench_lm->add_option("--generate", bench_args->generate, "Tokens to generate")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  bench_lm->add_flag("--json", bench_args->json, "One JSON object");
+  bench_lm->add_flag("--eager-reference", bench_args->eager_reference,
+                     "Also time the same sizes written in plain eager LibTorch (every block MoE "
+                     "or every block dense, as block 0)");
+  bench_lm->callback([bench_args, &action] {
+    action = [bench_args] {
+      try {
+        bench_language_model(*bench_args);
+      } catch (const ConfigError& e) {
+        throw config::with_origin(e, bench_args->files, bench_args->overrides);
+      }
+    };
   });
 
   CLI::App* tokenizer = app.add_subcommand("tokenizer", "Tokenizers for language models");

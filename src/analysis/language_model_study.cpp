@@ -172,8 +172,33 @@ std::string language_model_report(const nlohmann::json& study, const std::string
                              escape(s["continuation"].get<std::string>()));
     }
     samples += "</ul>\n";
-    if (!lm.contains("moe_layers") || lm["moe_layers"].empty()) continue;
+    if (usage.empty()) continue;
     sections += fmt::format("<h3>{}</h3>\n", escape(name));
+    // Usage over training, per layer: experts x (up to 8) spans of steps.
+    for (size_t l = 0; l < usage[0].second.size(); ++l) {
+      const size_t experts = usage[0].second[l].size();
+      std::vector<std::string> expert_labels;
+      for (size_t e = 0; e < experts; ++e) expert_labels.push_back("E" + std::to_string(e));
+      const size_t buckets = std::min<size_t>(8, usage.size());
+      std::vector<std::vector<double>> grid(experts, std::vector<double>(buckets, 0.0));
+      std::vector<double> seen(buckets, 0.0);
+      std::vector<std::string> bucket_labels(buckets);
+      for (size_t i = 0; i < usage.size(); ++i) {
+        const size_t b = i * buckets / usage.size();
+        for (size_t e = 0; e < experts && e < usage[i].second[l].size(); ++e) grid[e][b] += usage[i].second[l][e];
+        seen[b] += 1;
+        bucket_labels[b] = fmt::format("{:.0f}", usage[i].first);
+      }
+      for (auto& row : grid) {
+        for (size_t b = 0; b < buckets; ++b) row[b] /= std::max(seen[b], 1.0);
+      }
+      const std::string usage_file = fmt::format("usage_{}_layer{}.png", name, l);
+      heatmap(png(usage_file), {fmt::format("{}, layer {}: share of routed tokens per expert over training", name, l),
+                                "training step (end of the span)", "expert"},
+              expert_labels, bucket_labels, grid);
+      sections += fmt::format("<img src=\"{}\" alt=\"expert usage over training, layer {}\">\n", usage_file, l);
+    }
+    if (!lm.contains("moe_layers") || lm["moe_layers"].empty()) continue;
     const auto tag_names = lm["tag_names"].get<std::vector<std::string>>();
     for (size_t l = 0; l < lm["moe_layers"].size(); ++l) {
       const auto& layer = lm["moe_layers"][l];
@@ -203,40 +228,29 @@ std::string language_model_report(const nlohmann::json& study, const std::string
           "({:.0f}% of the tag entropy, {:.3f} nats).</p>\n<img src=\"{}\" alt=\"part of speech x "
           "expert, layer {}\">\n",
           l, mi, h > 0 ? 100 * mi / h : 0.0, h, file, l);
-      // Usage over training: experts x time buckets.
-      if (usage.empty() || l >= usage[0].second.size()) continue;
-      const size_t buckets = std::min<size_t>(8, usage.size());
-      std::vector<std::vector<double>> grid(experts, std::vector<double>(buckets, 0.0));
-      std::vector<double> seen(buckets, 0.0);
-      std::vector<std::string> bucket_labels(buckets);
-      for (size_t i = 0; i < usage.size(); ++i) {
-        const size_t b = i * buckets / usage.size();
-        for (size_t e = 0; e < experts && e < usage[i].second[l].size(); ++e) grid[e][b] += usage[i].second[l][e];
-        seen[b] += 1;
-        bucket_labels[b] = fmt::format("{:.0f}", usage[i].first);
-      }
-      for (auto& row : grid) {
-        for (size_t b = 0; b < buckets; ++b) row[b] /= std::max(seen[b], 1.0);
-      }
-      const std::string usage_file = fmt::format("usage_{}_layer{}.png", name, l);
-      heatmap(png(usage_file), {fmt::format("{}, layer {}: share of routed tokens per expert over training", name, l),
-                                "training step (end of the interval)", "expert"},
-              expert_labels, bucket_labels, grid);
-      sections += fmt::format("<img src=\"{}\" alt=\"expert usage over training, layer {}\">\n", usage_file, l);
     }
   }
   table += "</table>\n";
   line_plot(png("loss.png"), {"Training (solid) and validation (dashed) loss, nats per token", "step", "loss"},
             losses, /*log_y=*/false);
+  bool brown = false;
+  if (!study["runs"].empty()) {
+    const YAML::Node config = YAML::LoadFile(
+        (fs::path(study_dir) / study["runs"][0]["name"].get<std::string>() / train::kRunConfigFile).string());
+    brown = config["data"]["name"].as<std::string>() == "brown";
+  }
+  const std::string published = brown ? std::string(
+      "<p>Bengio et al. 2003 (JMLR 3:1137-1155, Table 1) on this corpus and protocol: test "
+      "perplexity <b>252</b> for their best neural model (an MLP), above 300 for their best n-gram "
+      "models (interpolated and Kneser-Ney back-off trigrams, class-based models). Their corpus "
+      "copy had 1,181,041 words and a vocabulary of 16,383; this one has 1,161,192 words and, "
+      "with the word tokenizer (min_count 4), 14,115 tokens.</p>\n") : std::string();
   return fmt::format(
-      "<h2>Results</h2>\n{}\n<p>Bengio et al. 2003 (JMLR 3:1137-1155, Table 1) on this corpus and "
-      "protocol: test perplexity <b>252</b> for their best neural model (an MLP), above 300 for "
-      "their best n-gram models (interpolated and Kneser-Ney back-off trigrams, class-based "
-      "models). Their corpus copy had 1,181,041 words and a vocabulary of 16,383; this one "
-      "has the counts in the run's token cache (meta.json).</p>\n<h2>Loss</h2>\n<img src=\"loss.png\" "
+      "<h2>Results</h2>\n{}\n{}"
+      "<h2>Loss</h2>\n<img src=\"loss.png\" "
       "alt=\"loss curves\">\n<h2>Which words each expert takes</h2>\n{}\n<h2>Sample generations</h2>\n"
       "<p>Temperature 0.8, top-k 40, seeded; up to 30 tokens or the end of the document.</p>\n{}",
-      table, sections.empty() ? "<p>No MoE runs.</p>" : sections, samples);
+      table, published, sections.empty() ? "<p>No MoE runs.</p>" : sections, samples);
 }
 
 }  // namespace moelab::analysis

@@ -143,6 +143,11 @@ struct SentencePieceLibrary {
 
  private:
   static SentencePieceLibrary open() {
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer refuses RTLD_DEEPBIND, and without it the two protobuf copies clash.
+    throw DataError("sentencepiece: not available in an AddressSanitizer build (the shim needs "
+                    "dlopen with RTLD_DEEPBIND, which ASan refuses)");
+#endif
     // Beside the program (build tree: bin/ and lib/; installed: bin/ and lib/), then where it
     // was installed, then the loader's search path.
     std::vector<std::string> candidates;

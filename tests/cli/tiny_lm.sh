@@ -1,7 +1,7 @@
 #!/bin/sh
 # tiny_lm.sh MOELAB: a language model's whole path through the tool on a text the test writes:
-# train (word tokenizer), eval, seeded generation (twice, the same), the Hugging Face export,
-# then a SentencePiece tokenizer trained and used. Prints one line per check that passed.
+# train (word tokenizer), eval, seeded generation (twice, the same), the Hugging Face export, a
+# two-run study and its report. Prints one line per check that passed.
 set -e
 moelab=$1
 here=$(dirname "$0")
@@ -27,11 +27,8 @@ greedy=$("$moelab" generate "$dir/run" --prompt "the quick brown" --max-new-toke
 "$moelab" export "$dir/run" --format hf --out "$dir/hf" > /dev/null
 grep -q '"architectures": \[\s*$' "$dir/hf/config.json" && grep -q '"MixtralForCausalLM"' "$dir/hf/config.json" &&
   test -s "$dir/hf/model.safetensors" && test -s "$dir/hf/tokenizer/vocab.txt" && echo "hf export is Mixtral"
-"$moelab" tokenizer train -c "$here/tiny_lm.yaml" $common --vocab-size 300 --out "$dir/spm" > /dev/null
-test -s "$dir/spm/tokenizer.model" && echo "sentencepiece tokenizer trained"
-"$moelab" train -c "$here/tiny_lm.yaml" --run-dir "$dir/run-spm" $common data.tokenizer=sentencepiece \
-  data.tokenizer_path="$dir/spm" train.max_steps=10 > /dev/null
-"$moelab" generate "$dir/run-spm" --prompt "the" --max-new-tokens 5 --seed 1 > /dev/null && echo "sentencepiece run generates"
+"$moelab" bench lm -c "$here/tiny_lm.yaml" $common --steps 2 --warmup 1 --generate 8 --json |
+  grep -Eq '"generate_tokens_per_s":[0-9.e+]+.*"train_tokens_per_s":[0-9.e+]+' && echo "bench lm measures both"
 "$moelab" study -c "$here/tiny_lm_study.yaml" --run-dir "$dir/study" base.data.path="$dir/corpus.txt" \
   base.data.cache_dir="$dir/cache" > "$dir/study.log"
 grep -q 'moe .*test perplexity per word' "$dir/study.log" && grep -q '<h2>Sample generations</h2>' "$dir/study/report/index.html" &&

@@ -170,6 +170,9 @@ TEST_F(TextTest, WordTokenizerCountsAndRoundTrips) {
 }
 
 TEST_F(TextTest, SentencePieceRoundTripsAnyTextWithByteFallback) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "SentencePiece's shim needs RTLD_DEEPBIND, which AddressSanitizer refuses";
+#endif
   std::vector<std::vector<std::string>> documents;
   for (int i = 0; i < 200; ++i) {
     documents.push_back(words("the quick brown fox jumps over the lazy dog number " + std::to_string(i) +
