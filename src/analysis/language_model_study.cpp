@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "moelab/analysis/plot.h"
+#include "moelab/analysis/study.h"
 #include "moelab/data/text.h"
 #include "moelab/models/generation.h"
 #include "moelab/nn/aux_losses.h"
@@ -23,17 +24,6 @@ namespace moelab::analysis {
 namespace {
 
 const std::vector<std::string> kPrompts{"The jury said that", "In the morning he", "It is clear that the"};
-
-std::string escape(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else out += c;
-  }
-  return out;
-}
 
 const nlohmann::json* last_line(const std::vector<nlohmann::json>& lines, const std::string& kind) {
   for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
@@ -142,7 +132,7 @@ std::string language_model_report(const nlohmann::json& study, const std::string
     table += fmt::format(
         "<tr><td>{}</td><td><b>{:.1f}</b></td><td>{:.1f}</td><td>{:.0f}</td><td>{}</td><td>{}</td>"
         "<td>{}</td><td>{}</td><td>{}</td></tr>\n",
-        escape(name), lm["test_word_perplexity"].get<double>(),
+        html_escape(name), lm["test_word_perplexity"].get<double>(),
         lm["val_word_perplexity"].is_number() ? lm["val_word_perplexity"].get<double>() : std::nan(""),
         lm["train_tokens_per_s"].get<double>(), train::format_thousands(run["parameters_total"].get<int64_t>()),
         train::format_thousands(run["parameters_active"].get<int64_t>()),
@@ -166,14 +156,14 @@ std::string language_model_report(const nlohmann::json& study, const std::string
     }
     losses.push_back(train);
     if (!val.x.empty()) losses.push_back(val);
-    samples += fmt::format("<h3>{}</h3>\n<ul>\n", escape(name));
+    samples += fmt::format("<h3>{}</h3>\n<ul>\n", html_escape(name));
     for (const auto& s : lm["samples"]) {
-      samples += fmt::format("<li><b>{}</b> {}</li>\n", escape(s["prompt"].get<std::string>()),
-                             escape(s["continuation"].get<std::string>()));
+      samples += fmt::format("<li><b>{}</b> {}</li>\n", html_escape(s["prompt"].get<std::string>()),
+                             html_escape(s["continuation"].get<std::string>()));
     }
     samples += "</ul>\n";
     if (usage.empty()) continue;
-    sections += fmt::format("<h3>{}</h3>\n", escape(name));
+    sections += fmt::format("<h3>{}</h3>\n", html_escape(name));
     // Usage over training, per layer: experts x (up to 8) spans of steps.
     for (size_t l = 0; l < usage[0].second.size(); ++l) {
       const size_t experts = usage[0].second[l].size();

@@ -191,8 +191,6 @@ nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
   return study;
 }
 
-namespace {
-
 std::string html_escape(const std::string& text) {
   std::string out;
   for (char c : text) {
@@ -203,6 +201,25 @@ std::string html_escape(const std::string& text) {
     else out += c;
   }
   return out;
+}
+
+namespace {
+
+// A report page: the shared style, the title, then `body` (HTML).
+std::string html_page(const std::string& title, const std::string& body) {
+  return fmt::format(R"(<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>moelab study: {0}</title>
+<style>
+body {{ font-family: 'DejaVu Sans', Arial, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th {{ background: #f0f4f8; }}
+td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; border: 1px solid #eee; }}
+</style></head><body>
+<h1>moelab study: {0}</h1>
+{1}</body></html>
+)", html_escape(title), body);
 }
 
 double value_or_nan(const nlohmann::json& v) {
@@ -235,24 +252,12 @@ std::string write_report(const std::string& study_dir) {
   if (language_models) {
     const std::string body = language_model_report(study, study_dir, report.string());
     const std::string index = (report / "index.html").string();
-    std::ofstream(index) << fmt::format(R"(<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>moelab study: {0}</title>
-<style>
-body {{ font-family: 'DejaVu Sans', Arial, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-th {{ background: #f0f4f8; }}
-td:first-child, th:first-child {{ text-align: left; }}
-img {{ max-width: 100%; display: block; margin: 1em 0; border: 1px solid #eee; }}
-</style></head><body>
-<h1>moelab study: {0}</h1>
-<p>Language models at one training budget. Perplexity per word: exp(total negative
-log-likelihood / words) on the split, the end of each document counting as a word. FLOPs:
-forward multiply-adds x 2 per token (router + the k chosen experts for MoE runs), attention's
-context-length terms left out.</p>
-{1}
-</body></html>
-)", html_escape(study["name"].get<std::string>()), body);
+    std::ofstream(index) << html_page(
+        study["name"].get<std::string>(),
+        "<p>Language models at one training budget. Perplexity per word: exp(total negative\n"
+        "log-likelihood / words) on the split, the end of each document counting as a word. FLOPs:\n"
+        "forward multiply-adds x 2 per token (router + the k chosen experts for MoE runs), attention's\n"
+        "context-length terms left out.</p>\n" + body);
     return index;
   }
 
@@ -397,18 +402,7 @@ context-length terms left out.</p>
   }
   table += "</table>\n";
 
-  std::string html = fmt::format(R"(<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>moelab study: {0}</title>
-<style>
-body {{ font-family: 'DejaVu Sans', Arial, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-th {{ background: #f0f4f8; }}
-td:first-child, th:first-child {{ text-align: left; }}
-img {{ max-width: 100%; display: block; margin: 1em 0; border: 1px solid #eee; }}
-</style></head><body>
-<h1>moelab study: {0}</h1>
-<p>Runs at one training budget; test accuracy on the {1} split. FLOPs are forward
+  std::string html = html_page(study["name"].get<std::string>(), fmt::format(R"(<p>Runs at one training budget; test accuracy on the {1} split. FLOPs are forward
 multiply-adds x 2 per image (router + the k chosen experts for MoE runs). Parameters: total,
 and active per image.</p>
 <h2>Results</h2>
@@ -421,14 +415,13 @@ and active per image.</p>
 {3}
 <h2>Specialisation</h2>
 {4}
-</body></html>
 )",
-      html_escape(study["name"].get<std::string>()),
+      "",
       study["runs"].empty() ? "test" : html_escape(study["runs"][0]["test_split"].get<std::string>()),
       table,
       has_moe ? "<h2>Expert usage</h2>\n<img src=\"expert_usage.png\" alt=\"expert activation histogram\">"
               : "",
-      sections.empty() ? "<p>No MoE runs.</p>" : sections);
+      sections.empty() ? "<p>No MoE runs.</p>" : sections));
   const std::string index = (report / "index.html").string();
   std::ofstream(index) << html;
   return index;

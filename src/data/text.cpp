@@ -7,6 +7,7 @@
 #include <random>
 #include <sstream>
 
+#include "moelab/io/file.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::data {
@@ -49,14 +50,6 @@ uint8_t universal_tag(const std::string& brown_tag) {
 }
 
 namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw DataError(path + ": cannot open");
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
 
 const std::map<char, std::string>& brown_genres() {
   static const std::map<char, std::string> genres{
@@ -132,7 +125,7 @@ std::vector<Document> read_brown(const std::string& root) {
   std::vector<Document> documents;
   for (const auto& name : names) {
     const std::string path = root + "/" + name;
-    const std::string bytes = read_file(path);
+    const std::string bytes = io::read_file(path);
     check_utf8(bytes, path);
     Document document;
     document.name = name;
@@ -169,7 +162,7 @@ std::vector<Document> read_text(const std::string& path) {
     }
     std::sort(files.begin(), files.end());
     for (const auto& file : files) {
-      const std::string bytes = read_file(file);
+      const std::string bytes = io::read_file(file);
       check_utf8(bytes, file);
       Document document;
       document.name = fs::path(file).filename().string();
@@ -180,7 +173,7 @@ std::vector<Document> read_text(const std::string& path) {
     return documents;
   }
   if (!fs::exists(path)) throw DataError(path + ": no such file or directory");
-  const std::string bytes = read_file(path);
+  const std::string bytes = io::read_file(path);
   check_utf8(bytes, path);
   std::istringstream lines(bytes);
   std::string line, text;

@@ -93,11 +93,9 @@ struct Fnv {
   }
 };
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
+// A tokenizer directory holds vocab.txt or tokenizer.model, not both: a missing one adds "".
+std::string read_if_present(const std::string& path) {
+  return fs::exists(path) ? io::read_file(path) : std::string();
 }
 
 // The cache key: the corpus files (names, sizes, modification times), the split, the tokenizer.
@@ -126,9 +124,9 @@ std::string cache_key(const std::string& name, const std::string& path, const Te
   emitter << options;
   fnv.add(emitter.c_str());
   if (!o.tokenizer_path().empty()) {
-    fnv.add(read_bytes(o.tokenizer_path() + "/tokenizer.json"));
-    fnv.add(read_bytes(o.tokenizer_path() + "/vocab.txt"));
-    fnv.add(read_bytes(o.tokenizer_path() + "/tokenizer.model"));
+    fnv.add(read_if_present(o.tokenizer_path() + "/tokenizer.json"));
+    fnv.add(read_if_present(o.tokenizer_path() + "/vocab.txt"));
+    fnv.add(read_if_present(o.tokenizer_path() + "/tokenizer.model"));
   }
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fnv.h));

@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "moelab/io/file.h"
+#include "moelab_build_paths.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::data {
@@ -23,14 +24,6 @@ namespace {
 constexpr const char* kUnknown = "<unk>";
 constexpr const char* kEndOfDocument = "</s>";
 constexpr int kFormatVersion = 1;
-
-std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw DataError(path + ": cannot open the tokenizer file");
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
 
 std::string lower(std::string word) {
   for (char& c : word) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -94,7 +87,7 @@ class WordTokenizer : public Tokenizer {
     options.min_count = meta.at("min_count").get<int64_t>();
     options.lowercase = meta.at("lowercase").get<bool>();
     const std::string path = dir + "/vocab.txt";
-    std::istringstream lines(read_whole_file(path));
+    std::istringstream lines(io::read_file(path));
     std::vector<std::string> tokens;
     std::vector<int64_t> counts;
     std::string line;
@@ -124,6 +117,8 @@ class WordTokenizer : public Tokenizer {
 
 // SentencePiece through moelab's shim library (shims/sentencepiece/shim.cpp says why it is
 // loaded with dlopen rather than linked).
+constexpr const char* kShimName = "libmoelab_sentencepiece.so";
+
 struct SentencePieceLibrary {
   void* (*load)(const char*, size_t, char*, size_t);
   void (*free_processor)(void*);
@@ -157,11 +152,11 @@ struct SentencePieceLibrary {
     if (n > 0) {
       self[n] = '\0';
       const std::string bin = std::filesystem::path(self).parent_path().string();
-      candidates.push_back(bin + "/../lib/" MOELAB_SENTENCEPIECE_SHIM_NAME);
-      candidates.push_back(bin + "/" MOELAB_SENTENCEPIECE_SHIM_NAME);
+      candidates.push_back(bin + "/../lib/" + kShimName);
+      candidates.push_back(bin + "/" + kShimName);
     }
     candidates.push_back(MOELAB_SENTENCEPIECE_SHIM_INSTALLED);
-    candidates.push_back(MOELAB_SENTENCEPIECE_SHIM_NAME);
+    candidates.push_back(kShimName);
     void* handle = nullptr;
     std::string errors;
     for (const auto& candidate : candidates) {
@@ -373,7 +368,7 @@ std::shared_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   const std::string meta_path = dir + "/tokenizer.json";
   nlohmann::json meta;
   try {
-    meta = nlohmann::json::parse(read_whole_file(meta_path));
+    meta = nlohmann::json::parse(io::read_file(meta_path));
     const std::string kind = meta.at("kind").get<std::string>();
     if (meta.at("format_version").get<int>() != kFormatVersion) {
       throw DataError(meta_path + ": format_version " + meta.at("format_version").dump() +
@@ -381,7 +376,7 @@ std::shared_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     }
     if (kind == "word") return WordTokenizer::load(dir, meta);
     if (kind == "sentencepiece") {
-      auto tokenizer = std::make_shared<SentencePieceTokenizer>(read_whole_file(dir + "/tokenizer.model"));
+      auto tokenizer = std::make_shared<SentencePieceTokenizer>(io::read_file(dir + "/tokenizer.model"));
       if (tokenizer->vocab_size() != meta.at("vocab_size").get<int64_t>()) {
         throw DataError(dir + "/tokenizer.model: " + std::to_string(tokenizer->vocab_size()) +
                         " pieces, tokenizer.json says " + meta.at("vocab_size").dump());

@@ -1,5 +1,9 @@
 #include "moelab/io/file.h"
 
+#include <sstream>
+
+#include <fstream>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -170,5 +174,13 @@ void sync_path(const std::string& path, int flags, const char* what) {
 void sync_file(const std::string& path) { sync_path(path, 0, "file"); }
 
 void sync_directory(const std::string& path) { sync_path(path, O_DIRECTORY, "directory"); }
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw DataError(path + ": cannot open: " + std::strerror(errno));
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
 
 }  // namespace moelab::io

@@ -35,6 +35,9 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
 nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
                          train::ConsoleMode console, std::ostream& out);
 
+/// Text for HTML: <, >, & and " escaped.
+std::string html_escape(const std::string& text);
+
 /// Builds study_dir/report/index.html (and its PNG plots) from study.json and the runs' metrics.
 /// Returns the path of index.html.
 std::string write_report(const std::string& study_dir);

@@ -45,6 +45,9 @@ void write_file(const std::string& path, const std::string& bytes);
 void write_file_atomic(const std::string& path, const std::function<void(CheckedFile&)>& write);
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
+/// The whole content of `path`; DataError "PATH: cannot open: CAUSE" if it cannot be read.
+std::string read_file(const std::string& path);
+
 /// fsync of a directory (after a rename in it), checked.
 void sync_directory(const std::string& path);
 
