@@ -52,28 +52,8 @@ struct BenchTrainArguments : ConfigArguments {
 // Trains the config's run for warmup + steps steps in a temporary directory (no periodic
 // evaluation or checkpoint) and prints where the timed steps spent their time.
 void bench_train(const BenchTrainArguments& args) {
-  std::vector<std::string> overrides = args.overrides;
-  overrides.insert(overrides.end(),
-                   {"train.epochs=0", "train.max_steps=" + std::to_string(args.warmup + args.steps),
-                    "train.eval_every=0", "train.eval_each_epoch=false", "train.checkpoint_every=0",
-                    "train.checkpoint_every_minutes=0", "train.max_time=0"});
-  const YAML::Node resolved = run::resolve_run_config(args.files, overrides);
-  std::string pattern = (std::filesystem::temp_directory_path() / "moelab-bench-XXXXXX").string();
-  if (::mkdtemp(pattern.data()) == nullptr) {
-    throw IoError(pattern + ": cannot create a temporary run directory");
-  }
-  const std::string run_dir = pattern + "/run";
-  train::TrainProfile profile;
-  profile.skip_steps = args.warmup;
-  try {
-    auto trainer = run::start_run(resolved, run_dir);
-    trainer->set_profile(&profile);
-    trainer->run();
-  } catch (...) {
-    std::filesystem::remove_all(pattern);
-    throw;
-  }
-  std::filesystem::remove_all(pattern);
+  YAML::Node resolved;
+  const train::TrainProfile profile = profile_training(args, args.warmup, args.steps, resolved);
   const double n = static_cast<double>(std::max<int64_t>(profile.steps, 1));
   const train::StepTimes& t = profile.step;
   const std::vector<std::pair<std::string, double>> parts{
@@ -106,6 +86,32 @@ void bench_train(const BenchTrainArguments& args) {
 }
 
 }  // namespace
+
+train::TrainProfile profile_training(const ConfigArguments& args, int64_t warmup, int64_t steps,
+                                     YAML::Node& resolved) {
+  std::vector<std::string> overrides = args.overrides;
+  overrides.insert(overrides.end(),
+                   {"train.epochs=0", "train.max_steps=" + std::to_string(warmup + steps),
+                    "train.eval_every=0", "train.eval_each_epoch=false", "train.checkpoint_every=0",
+                    "train.checkpoint_every_minutes=0", "train.max_time=0"});
+  resolved = run::resolve_run_config(args.files, overrides);
+  std::string pattern = (std::filesystem::temp_directory_path() / "moelab-bench-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) {
+    throw IoError(pattern + ": cannot create a temporary run directory");
+  }
+  train::TrainProfile profile;
+  profile.skip_steps = warmup;
+  try {
+    auto trainer = run::start_run(resolved, pattern + "/run");
+    trainer->set_profile(&profile);
+    trainer->run();
+  } catch (...) {
+    std::filesystem::remove_all(pattern);
+    throw;
+  }
+  std::filesystem::remove_all(pattern);
+  return profile;
+}
 
 void register_bench_command(CLI::App& app, Action& action) {
   CLI::App* bench = app.add_subcommand("bench", "Micro-benchmarks of library components");

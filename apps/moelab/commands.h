@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "moelab/train/trainer.h"
+
 namespace moelab::app {
 
 /// What the chosen subcommand will do once parsing has finished and the runtime is set up.
@@ -28,6 +30,11 @@ void add_config_arguments(CLI::App& command, ConfigArguments& args);
 
 /// The resolved config; with --dump-config it is printed instead and nullopt returned.
 std::optional<YAML::Node> resolve_or_dump(const ConfigArguments& args);
+
+/// Trains the config's run for warmup + steps steps in a temporary directory (no evaluation or
+/// checkpoint), timing the steps after the warm-up; `resolved` gets the config it ran.
+train::TrainProfile profile_training(const ConfigArguments& args, int64_t warmup, int64_t steps,
+                                     YAML::Node& resolved);
 
 /// `moelab bench ...`: micro-benchmarks of library components.
 void register_bench_command(CLI::App& app, Action& action);

@@ -92,29 +92,12 @@ struct BenchLanguageModelArguments : ConfigArguments {
 // without evaluation or checkpoints; then generation tokens/s at batch 1 with the key/value
 // cache, from a freshly initialised model of the same config.
 void bench_language_model(const BenchLanguageModelArguments& args) {
-  std::vector<std::string> overrides = args.overrides;
-  overrides.insert(overrides.end(),
-                   {"train.epochs=0", "train.max_steps=" + std::to_string(args.warmup + args.steps),
-                    "train.eval_every=0", "train.eval_each_epoch=false", "train.checkpoint_every=0",
-                    "train.checkpoint_every_minutes=0", "train.max_time=0"});
-  const YAML::Node resolved = run::resolve_run_config(args.files, overrides);
-  if (resolved["model"]["name"].as<std::string>() != "moe_decoder") {
-    throw ConfigError("model.name: bench lm measures a language model (moe_decoder), not " +
-                      resolved["model"]["name"].as<std::string>());
+  const std::string model = run::resolve_run_config(args.files, args.overrides)["model"]["name"].as<std::string>();
+  if (model != "moe_decoder") {
+    throw ConfigError("model.name: bench lm measures a language model (moe_decoder), not " + model);
   }
-  std::string pattern = (std::filesystem::temp_directory_path() / "moelab-bench-XXXXXX").string();
-  if (::mkdtemp(pattern.data()) == nullptr) throw IoError(pattern + ": cannot create a temporary run directory");
-  train::TrainProfile profile;
-  profile.skip_steps = args.warmup;
-  try {
-    auto trainer = run::start_run(resolved, pattern + "/run");
-    trainer->set_profile(&profile);
-    trainer->run();
-  } catch (...) {
-    std::filesystem::remove_all(pattern);
-    throw;
-  }
-  std::filesystem::remove_all(pattern);
+  YAML::Node resolved;
+  const train::TrainProfile profile = profile_training(args, args.warmup, args.steps, resolved);
   const double tokens_per_step = resolved["train"]["batch_size"].as<double>() *
                                  resolved["data"]["block_length"].as<double>();
   const double train_seconds = profile.step.total() + profile.bookkeeping;

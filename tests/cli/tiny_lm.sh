@@ -5,15 +5,7 @@
 set -e
 moelab=$1
 here=$(dirname "$0")
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-# 60 documents cycling through a fixed sentence: next words are predictable.
-i=0
-while [ $i -lt 60 ]; do
-  printf 'the quick brown fox jumps over the lazy dog and the cat sleeps on the warm mat\n\n' >> "$dir/corpus.txt"
-  i=$((i + 1))
-done
-common="data.path=$dir/corpus.txt data.cache_dir=$dir/cache"
+. "$here/tiny_corpus.sh"
 "$moelab" train -c "$here/tiny_lm.yaml" --run-dir "$dir/run" $common > "$dir/train.log"
 grep -q 'tokens/s' "$dir/train.log" && echo "train logs tokens/s"
 test -s "$dir/run/tokenizer/vocab.txt" && echo "run keeps its tokenizer"

@@ -4,15 +4,7 @@
 set -e
 moelab=$1
 here=$(dirname "$0")
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-# 60 documents cycling through a fixed sentence: next words are predictable.
-i=0
-while [ $i -lt 60 ]; do
-  printf 'the quick brown fox jumps over the lazy dog and the cat sleeps on the warm mat\n\n' >> "$dir/corpus.txt"
-  i=$((i + 1))
-done
-common="data.path=$dir/corpus.txt data.cache_dir=$dir/cache"
+. "$here/tiny_corpus.sh"
 "$moelab" tokenizer train -c "$here/tiny_lm.yaml" $common --vocab-size 300 --out "$dir/spm" > /dev/null
 test -s "$dir/spm/tokenizer.model" && echo "sentencepiece tokenizer trained"
 "$moelab" train -c "$here/tiny_lm.yaml" --run-dir "$dir/run-spm" $common data.tokenizer=sentencepiece \
