@@ -97,7 +97,11 @@ at::Tensor MultiheadAttentionImpl::forward(const at::Tensor& x, const at::Tensor
   if (visible.defined()) {
     scores = scores.masked_fill(visible.logical_not(), -1e30);
   }
-  const at::Tensor weights = attention_dropout->forward(at::softmax(scores, -1));
+  // The softmax in float32 whatever the scores' type (bf16 under autocast), as Llama and Mixtral
+  // do; the weights then take v's type for the second matmul.
+  const bool reduced = scores.scalar_type() == at::kBFloat16 || scores.scalar_type() == at::kHalf;
+  const at::Tensor weights = attention_dropout->forward(
+      reduced ? at::softmax(scores, -1, at::kFloat).to(v.scalar_type()) : at::softmax(scores, -1));
   const at::Tensor context = at::matmul(weights, v);  // (B, H, L, Dh)
   return out_proj->forward(context.transpose(1, 2).reshape({batch, length, o.d_model()}));
 }

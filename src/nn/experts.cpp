@@ -236,7 +236,14 @@ at::Tensor FFNExpertsImpl::up_weight(int64_t expert) const {
 }
 
 at::Tensor FFNExpertsImpl::forward(const at::Tensor& x, const std::vector<int64_t>& counts) {
-  return grouped_ffn(x, counts, w_in, w_out, b_in, b_out, options.activation());
+  // The experts compute in the rows' type: bf16 rows (the MoE layer under autocast) take bf16
+  // copies of the float32 weights, whose gradients flow back to float32 through the casts.
+  const auto type = x.scalar_type();
+  const auto cast = [type](const at::Tensor& t) {
+    return t.defined() && t.scalar_type() != type ? t.to(type) : t;
+  };
+  return grouped_ffn(x, counts, cast(w_in), cast(w_out), cast(b_in), cast(b_out),
+                     options.activation());
 }
 
 int64_t FFNExpertsImpl::macs_per_row() const {

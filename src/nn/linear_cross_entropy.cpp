@@ -2,6 +2,8 @@
 
 #include <torch/autograd.h>
 
+#include "moelab/util/runtime.h"
+
 namespace moelab::nn {
 
 namespace {
@@ -9,41 +11,70 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Rows [start, start + n): the chunk's logits turned in place into d nll / d logits
-// (softmax - onehot, 0 on rows without a target); writes the chunk's nll.
+// log softmax of the chunk's logits, float32 (n, V). h and weight are in the GEMM's type; the
+// softmax is always float32, and one fused kernel per row (the logits of a row stay in cache).
+at::Tensor chunk_log_probs(const at::Tensor& h, const at::Tensor& weight) {
+  return at::log_softmax(at::mm(h, weight.t()), 1, at::kFloat);
+}
+
+// nll of each row from its log probabilities, 0 on rows without a target (target < 0).
+at::Tensor rows_nll(const at::Tensor& log_probs, const at::Tensor& targets) {
+  return log_probs.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1).neg_().mul_(targets.ge(0));
+}
+
+// d nll / d logits of a chunk in h's type: softmax - onehot(target), 0 on rows without a target;
+// writes the chunk's nll. Three passes over the (n, V) logits: the float32 copy, the fused log
+// softmax, and exp written straight into the GEMM's type.
 at::Tensor chunk_logit_gradient(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
                                 at::Tensor* nll) {
-  at::Tensor logits = at::mm(h, weight.t());  // (n, V)
-  const at::Tensor lse = logits.logsumexp(1, /*keepdim=*/true);
-  const at::Tensor valid = targets.ge(0).unsqueeze(1);
+  at::Tensor log_probs = chunk_log_probs(h, weight);
+  if (nll) *nll = rows_nll(log_probs, targets);
+  at::Tensor d_logits;
+  if (h.scalar_type() == at::kFloat) {
+    d_logits = log_probs.exp_();
+  } else {
+    d_logits = at::empty(log_probs.sizes(), log_probs.options().dtype(h.scalar_type()));
+    at::exp_out(d_logits, log_probs);
+  }
   const at::Tensor index = targets.clamp_min(0).unsqueeze(1);
-  if (nll) *nll = ((lse - logits.gather(1, index)) * valid).squeeze(1);
-  logits.sub_(lse).exp_();
-  logits.scatter_add_(1, index, -at::ones_like(index, logits.options()));
-  return logits.mul_(valid);
+  d_logits.scatter_add_(1, index, -at::ones_like(index, d_logits.options()));
+  const at::Tensor missing = targets.lt(0);
+  if (missing.any().item<bool>()) d_logits.masked_fill_(missing.unsqueeze(1), 0);
+  return d_logits;
+}
+
+// sum += d_logits^T @ h: in float32 when h is float32, else a GEMM in h's type added to the
+// float32 sum (each chunk's 512-row sum is accumulated in float32 inside the GEMM).
+void accumulate_weight_gradient(at::Tensor& sum, const at::Tensor& d_logits, const at::Tensor& h) {
+  if (h.scalar_type() == at::kFloat) {
+    sum.addmm_(d_logits.t(), h);
+  } else {
+    sum.add_(at::mm(d_logits.t(), h));
+  }
 }
 
 struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& targets, int64_t chunk_rows) {
-    const at::Tensor h = hidden.to(at::kFloat).contiguous(), w = weight.to(at::kFloat).contiguous();
+    // Under autocast the GEMMs take its type (bf16: oneDNN's AMX kernels where the CPU has them)
+    // and accumulate into float32; the softmax and the weight gradient's sum stay float32.
+    AutocastDisabled precision;
+    const auto gemm_type = precision.matmul_type();
+    const at::Tensor h = hidden.to(gemm_type).contiguous(), w = weight.to(gemm_type).contiguous();
     const int64_t rows = h.size(0);
     const bool gradients = hidden.requires_grad() || weight.requires_grad();
-    at::Tensor nll = at::empty({rows}, h.options());
+    at::Tensor nll = at::empty({rows}, h.options().dtype(at::kFloat));
     at::Tensor grad_hidden, grad_weight;
     if (gradients) {
       grad_hidden = at::empty_like(h);
-      grad_weight = at::zeros_like(w);
+      grad_weight = at::zeros(w.sizes(), w.options().dtype(at::kFloat));
     }
     for (int64_t start = 0; start < rows; start += chunk_rows) {
       const int64_t n = std::min(chunk_rows, rows - start);
       const at::Tensor hc = h.narrow(0, start, n), tc = targets.narrow(0, start, n);
       if (!gradients) {
         // Evaluation: the nll alone.
-        const at::Tensor logits = at::mm(hc, w.t());
-        const at::Tensor index = tc.clamp_min(0).unsqueeze(1);
-        nll.narrow(0, start, n).copy_(((logits.logsumexp(1, true) - logits.gather(1, index)) *
-                                       tc.ge(0).unsqueeze(1)).squeeze(1));
+        nll.narrow(0, start, n).copy_(rows_nll(chunk_log_probs(hc, w), tc));
         continue;
       }
       at::Tensor chunk_nll;
@@ -51,7 +82,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
       nll.narrow(0, start, n).copy_(chunk_nll);
       at::Tensor rows_out = grad_hidden.narrow(0, start, n);
       at::mm_out(rows_out, d_logits, w);
-      grad_weight.addmm_(d_logits.t(), hc);
+      accumulate_weight_gradient(grad_weight, d_logits, hc);
     }
     ctx->save_for_backward({h, w, targets});
     ctx->saved_data["grad_hidden"] = grad_hidden;
@@ -74,22 +105,22 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     const auto weight_type = static_cast<at::ScalarType>(ctx->saved_data["weight_type"].toInt());
     const at::Tensor valid = targets.ge(0);
     const at::Tensor g_valid = g.masked_select(valid);
-    const at::Tensor d_hidden = (grad_hidden * g.unsqueeze(1)).to(hidden_type);
+    const at::Tensor d_hidden = (grad_hidden.to(at::kFloat) * g.unsqueeze(1)).to(hidden_type);
     at::Tensor d_weight;
     if (g_valid.numel() == 0) {
-      d_weight = at::zeros_like(w);
+      d_weight = at::zeros(w.sizes(), w.options().dtype(at::kFloat));
     } else if (g_valid.max().item<float>() == g_valid.min().item<float>()) {
       d_weight = grad_weight * g_valid[0];
     } else {
       // Rows weighted differently: sum_r g_r (softmax_r - onehot_r)^T h_r, recomputed.
       const int64_t chunk_rows = ctx->saved_data["chunk_rows"].toInt();
-      d_weight = at::zeros_like(w);
+      d_weight = at::zeros(w.sizes(), w.options().dtype(at::kFloat));
       for (int64_t start = 0; start < h.size(0); start += chunk_rows) {
         const int64_t n = std::min(chunk_rows, h.size(0) - start);
         const at::Tensor hc = h.narrow(0, start, n);
         const at::Tensor d_logits =
             chunk_logit_gradient(hc, w, targets.narrow(0, start, n), nullptr).mul_(g.narrow(0, start, n).unsqueeze(1));
-        d_weight.addmm_(d_logits.t(), hc);
+        accumulate_weight_gradient(d_weight, d_logits, hc);
       }
     }
     return {d_hidden, d_weight.to(weight_type), at::Tensor(), at::Tensor()};

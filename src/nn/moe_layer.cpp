@@ -223,10 +223,14 @@ at::Tensor scatter_rows(const at::Tensor& routed, const at::Tensor& rows, int64_
 
 MoEOutput MoELayerImpl::forward(const at::Tensor& input, const at::Tensor& padding_mask,
                                 const at::Tensor& token_ids) {
-  // Under bf16 autocast the layer computes in float32: routing decisions are precision-sensitive
-  // (Switch Transformer's selective precision) and the sorted-dispatch kernels are float32.
+  // Under bf16 autocast the router computes in float32: routing decisions are precision-sensitive
+  // (Switch Transformer's selective precision). FFN experts and the shared experts compute in
+  // autocast's type as its matmuls would (bf16 GEMMs run on AMX where the CPU has it); module
+  // experts (vision CNNs) stay float32.
   AutocastDisabled float32_island;
   const at::Tensor x = float32_island.was_enabled() ? input.to(at::kFloat) : input;
+  const auto expert_type =
+      experts && float32_island.was_enabled() ? float32_island.matmul_type() : x.scalar_type();
   const int64_t d_model = options.d_model();
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == d_model, "MoELayer: input's last dim (",
               x.dim() >= 1 ? x.size(-1) : 0, ") must equal d_model (", d_model, "); input is ",
@@ -256,12 +260,17 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& input, const at::Tensor& paddi
           ? plan_expert_choice(routing.expert_tokens, routing.expert_weights, tokens.size(0))
           : plan_token_choice(routing.indices, routing.weights, options.num_experts(),
                               options.dispatch());
-  at::Tensor dispatched = gather_rows(tokens, plan);  // (S, D)
+  at::Tensor dispatched = gather_rows(tokens.to(expert_type), plan);  // (S, D)
   at::Tensor expert_out = experts ? experts->forward(dispatched, plan.counts_host)
                                   : module_experts->forward(dispatched, plan.counts_host);
-  at::Tensor out = combine_rows(expert_out, plan.weight, plan);  // (n, D)
+  at::Tensor out = combine_rows(expert_out, plan.weight, plan).to(x.scalar_type());  // (n, D)
   if (shared) {
-    at::Tensor shared_out = shared->forward(tokens);
+    at::Tensor shared_out;
+    {
+      AutocastScope caller_precision(float32_island.was_enabled() ? Precision::kBFloat16
+                                                                   : Precision::kFloat32);
+      shared_out = shared->forward(tokens).to(x.scalar_type());
+    }
     if (shared_gate) shared_out = shared_out * at::sigmoid(shared_gate->forward(tokens));
     TORCH_CHECK(out.size(-1) == shared_out.size(-1), "MoELayer: shared experts need routed experts "
                 "that keep the width d_model");

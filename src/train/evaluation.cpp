@@ -14,11 +14,13 @@ Evaluation evaluate(models::Model& model, const data::DataSource& source, const 
   for (int64_t start = 0; start < source.size(); start += batch_size) {
     const data::Batch batch = source.range(start, std::min(batch_size, source.size() - start));
     models::ModelOutput out;
+    at::Tensor sample_loss;
     {
+      // As in training: a loss that fuses the output projection computes it in this precision.
       AutocastScope autocast(precision);
       out = model.forward(batch);
+      sample_loss = task.sample_loss(out, batch);
     }
-    const at::Tensor sample_loss = task.sample_loss(out, batch);
     metrics->add(out, batch, sample_loss);
     if (num_classes > 0) {
       const at::Tensor& labels = batch.at(data::kTargets);

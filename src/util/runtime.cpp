@@ -294,12 +294,13 @@ AutocastScope::~AutocastScope() {
   set_cpu_autocast(previous_enabled_, previous_dtype_);
 }
 
-AutocastDisabled::AutocastDisabled() : previous_enabled_(cpu_autocast_enabled()) {
-  if (previous_enabled_) set_cpu_autocast(false, cpu_autocast_dtype());
+AutocastDisabled::AutocastDisabled()
+    : previous_enabled_(cpu_autocast_enabled()), dtype_(cpu_autocast_dtype()) {
+  if (previous_enabled_) set_cpu_autocast(false, dtype_);
 }
 
 AutocastDisabled::~AutocastDisabled() {
-  if (previous_enabled_) set_cpu_autocast(true, cpu_autocast_dtype());
+  if (previous_enabled_) set_cpu_autocast(true, dtype_);
 }
 
 }  // namespace moelab

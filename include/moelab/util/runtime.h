@@ -96,8 +96,10 @@ class AutocastScope {
   c10::ScalarType previous_dtype_ = c10::ScalarType::BFloat16;
 };
 
-/// Turns CPU autocast off for the scope's lifetime (restoring it after): for code that computes
-/// in float32 whatever the caller's precision, like the MoE layer's routing and custom kernels.
+/// Turns CPU autocast off for the scope's lifetime (restoring it after): for code that chooses
+/// its precision op by op, like the MoE layer (routing in float32, expert GEMMs in the autocast
+/// type) and the fused projection + cross-entropy (GEMMs in the autocast type, softmax in
+/// float32).
 class AutocastDisabled {
  public:
   AutocastDisabled();
@@ -106,9 +108,12 @@ class AutocastDisabled {
   AutocastDisabled& operator=(const AutocastDisabled&) = delete;
   /// Whether autocast was on when the scope began.
   bool was_enabled() const { return previous_enabled_; }
+  /// The type autocast gives matmuls: its lower precision when it was on, else float32.
+  c10::ScalarType matmul_type() const { return previous_enabled_ ? dtype_ : c10::ScalarType::Float; }
 
  private:
   bool previous_enabled_ = false;
+  c10::ScalarType dtype_ = c10::ScalarType::Float;
 };
 
 }  // namespace moelab
