@@ -48,6 +48,7 @@ void print_system(bool json) {
   const std::string best = best_blas_core_for_cpu();
   const int threads = at::get_num_threads();
   const double gflops = measure_gemm_gflops(1024);
+  const double bf16_gflops = measure_gemm_gflops(1024, at::kBFloat16);
   const bool onednn = at::hasMKLDNN();
   const std::string allocator = allocator_tuned()
                                     ? "glibc malloc, large blocks from the heap (M_MMAP_MAX=0), "
@@ -65,7 +66,8 @@ void print_system(bool json) {
                                 {"threads", threads},
                                 {"allocator", allocator},
                                 {"onednn", onednn},
-                                {"gemm_gflops_1024", gflops}}
+                                {"gemm_gflops_1024", gflops},
+                                {"gemm_gflops_1024_bf16", bf16_gflops}}
                      .dump()
               << "\n";
     return;
@@ -80,7 +82,11 @@ void print_system(bool json) {
             << fmt::format("threads           {} intra-op\n", threads)
             << fmt::format("allocator         {}\n", allocator)
             << fmt::format("oneDNN            {}\n", onednn ? "available (convolutions use it)" : "not built in")
-            << fmt::format("GEMM 1024^3 fp32  {:.1f} GFLOP/s on {} threads\n", gflops, threads);
+            << fmt::format("GEMM 1024^3 fp32  {:.1f} GFLOP/s on {} threads\n", gflops, threads)
+            << fmt::format("GEMM 1024^3 bf16  {:.1f} GFLOP/s ({}: train.precision=bf16 {})\n",
+                           bf16_gflops, bf16_gflops > 1.5 * gflops ? "faster" : "not faster",
+                           bf16_gflops > 1.5 * gflops ? "pays off on this machine"
+                                                      : "would not speed up training here");
 }
 
 }  // namespace
@@ -108,7 +114,7 @@ void register_info_command(CLI::App& app, Action& action) {
       if (!resolved) return;
       std::shared_ptr<models::Model> model;
       try {
-        model = run::build_model(*resolved);
+        model = run::build_model(run::with_sizes_from_data(*resolved));
       } catch (const ConfigError& e) {
         throw config::with_origin(e, args->files, args->overrides);
       }

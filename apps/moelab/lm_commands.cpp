@@ -113,7 +113,8 @@ void bench_language_model(const BenchLanguageModelArguments& args) {
   const auto generated = models::generate(decoder, {parts.data.tokenizer->end_of_document()}, options);
   const double generate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double generate_rate = static_cast<double>(generated.size()) / std::max(generate_seconds, 1e-9);
-  double eager_rate = 0;
+  double eager_rate = 0, eager_bf16_rate = 0;
+  const bool bf16 = resolved["train"]["precision"].as<std::string>() == "bf16";
   if (args.eager_reference) {
     const auto& o = decoder.options;
     perf::EagerDecoderOptions eager;
@@ -127,10 +128,16 @@ void bench_language_model(const BenchLanguageModelArguments& args) {
     eager.batch_size = resolved["train"]["batch_size"].as<int64_t>();
     eager.block_length = resolved["data"]["block_length"].as<int64_t>();
     eager_rate = perf::eager_decoder_train_tokens_per_s(eager, args.steps, args.warmup);
+    if (bf16) {
+      eager.bf16_autocast = true;
+      eager_bf16_rate = perf::eager_decoder_train_tokens_per_s(eager, args.steps, args.warmup);
+    }
   }
   if (args.json) {
     std::cout << nlohmann::json{{"train_tokens_per_s", train_rate},
                                 {"eager_reference_tokens_per_s", eager_rate},
+                                {"eager_reference_bf16_tokens_per_s", eager_bf16_rate},
+                                {"precision", resolved["train"]["precision"].as<std::string>()},
                                 {"train_steps", profile.steps},
                                 {"tokens_per_step", tokens_per_step},
                                 {"generate_tokens_per_s", generate_rate},
@@ -144,9 +151,15 @@ void bench_language_model(const BenchLanguageModelArguments& args) {
                            train_rate, profile.steps, tokens_per_step, args.warmup, generate_rate,
                            generated.size());
   if (args.eager_reference) {
-    std::cout << fmt::format("eager LibTorch reference (Mixtral-style expert loop, full logits): {:.0f} "
-                             "tokens/s; moelab / eager = {:.2f}\n",
-                             eager_rate, train_rate / std::max(eager_rate, 1e-9));
+    std::cout << fmt::format("eager LibTorch reference (Mixtral-style expert loop, full logits), fp32: "
+                             "{:.0f} tokens/s; moelab ({}) / eager = {:.2f}\n",
+                             eager_rate, resolved["train"]["precision"].as<std::string>(),
+                             train_rate / std::max(eager_rate, 1e-9));
+    if (bf16) {
+      std::cout << fmt::format("eager LibTorch reference under bf16 autocast: {:.0f} tokens/s; "
+                               "moelab (bf16) / eager (bf16) = {:.2f}\n",
+                               eager_bf16_rate, train_rate / std::max(eager_bf16_rate, 1e-9));
+    }
   }
 }
 

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "moelab/util/runtime.h"
+
 #include <chrono>
 #include <cmath>
 
@@ -66,7 +68,7 @@ struct EagerBlock : torch::nn::Module {
         const auto rows = hit.any(-1).nonzero().squeeze(1);
         if (rows.numel() == 0) continue;
         const auto weight = (weights * hit).sum(-1).index_select(0, rows).unsqueeze(1);
-        out = out.index_add(0, rows, ffn(e, y.index_select(0, rows)) * weight);
+        out = out.index_add(0, rows, (ffn(e, y.index_select(0, rows)) * weight).to(out.scalar_type()));
       }
     }
     return h + out.view({b, l, d});
@@ -95,11 +97,15 @@ double eager_decoder_train_tokens_per_s(const EagerDecoderOptions& o, int64_t st
   for (int64_t step = 0; step < warmup + steps; ++step) {
     const auto tokens = torch::randint(o.vocab_size, {o.batch_size, o.block_length + 1}, torch::kLong);
     const auto start = std::chrono::steady_clock::now();
-    auto h = embedding->forward(tokens.narrow(1, 0, o.block_length));
-    for (auto& block : blocks) h = block->forward(h);
-    const auto logits = torch::matmul(EagerBlock::rms(h, final_norm), embedding->weight.t());
-    const auto loss = F::cross_entropy(logits.reshape({-1, o.vocab_size}),
-                                       tokens.narrow(1, 1, o.block_length).reshape({-1}));
+    torch::Tensor loss;
+    {
+      AutocastScope autocast(o.bf16_autocast ? Precision::kBFloat16 : Precision::kFloat32);
+      auto h = embedding->forward(tokens.narrow(1, 0, o.block_length));
+      for (auto& block : blocks) h = block->forward(h);
+      const auto logits = torch::matmul(EagerBlock::rms(h, final_norm), embedding->weight.t());
+      loss = F::cross_entropy(logits.reshape({-1, o.vocab_size}).to(torch::kFloat),
+                              tokens.narrow(1, 1, o.block_length).reshape({-1}));
+    }
     optimizer.zero_grad();
     loss.backward();
     torch::nn::utils::clip_grad_norm_(parameters, 1.0);

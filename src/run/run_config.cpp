@@ -237,6 +237,14 @@ void fill_sizes_from_data(YAML::Node& resolved, const data::Splits& splits) {
 
 }  // namespace
 
+YAML::Node with_sizes_from_data(const YAML::Node& resolved) {
+  const YAML::Node vocab = resolved["model"]["vocab_size"];
+  if (!vocab || !vocab.IsScalar() || vocab.as<int64_t>() != 0) return resolved;
+  YAML::Node filled = config::clone(resolved);
+  fill_sizes_from_data(filled, load_data(resolved));
+  return filled;
+}
+
 train::RunParts assemble_run(const YAML::Node& resolved) {
   train::RunParts parts;
   parts.config = config::clone(resolved);

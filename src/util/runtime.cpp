@@ -218,10 +218,10 @@ bool gemm_matches_float64() {
   return true;
 }
 
-double measure_gemm_gflops(int64_t n) {
-  const at::Tensor a = at::sin(at::arange(n * n, at::kFloat)).reshape({n, n});
-  const at::Tensor b = at::cos(at::arange(n * n, at::kFloat)).reshape({n, n});
-  at::Tensor c = at::empty({n, n}, at::kFloat);
+double measure_gemm_gflops(int64_t n, c10::ScalarType dtype) {
+  const at::Tensor a = at::sin(at::arange(n * n, at::kFloat)).reshape({n, n}).to(dtype);
+  const at::Tensor b = at::cos(at::arange(n * n, at::kFloat)).reshape({n, n}).to(dtype);
+  at::Tensor c = at::empty({n, n}, a.options());
   std::vector<double> seconds;
   for (int i = 0; i < 8; ++i) {
     const auto start = std::chrono::steady_clock::now();

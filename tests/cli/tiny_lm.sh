@@ -19,8 +19,11 @@ greedy=$("$moelab" generate "$dir/run" --prompt "the quick brown" --max-new-toke
 "$moelab" export "$dir/run" --format hf --out "$dir/hf" > /dev/null
 grep -q '"architectures": \[\s*$' "$dir/hf/config.json" && grep -q '"MixtralForCausalLM"' "$dir/hf/config.json" &&
   test -s "$dir/hf/model.safetensors" && test -s "$dir/hf/tokenizer/vocab.txt" && echo "hf export is Mixtral"
-"$moelab" bench lm -c "$here/tiny_lm.yaml" $common --steps 2 --warmup 1 --generate 8 --json |
-  grep -Eq '"generate_tokens_per_s":[0-9.e+]+.*"train_tokens_per_s":[0-9.e+]+' && echo "bench lm measures both"
+"$moelab" bench lm -c "$here/tiny_lm.yaml" $common train.precision=bf16 --steps 2 --warmup 1 --generate 8 --json |
+  grep -Eq '"generate_tokens_per_s":[0-9.e+]+.*"precision":"bf16".*"train_tokens_per_s":[0-9.e+]+' &&
+  echo "bench lm measures both, in bf16"
+"$moelab" info -c "$here/tiny_lm.yaml" $common --json | grep -q '"parameters_total":[1-9]' &&
+  echo "info takes the vocabulary from the data"
 "$moelab" study -c "$here/tiny_lm_study.yaml" --run-dir "$dir/study" base.data.path="$dir/corpus.txt" \
   base.data.cache_dir="$dir/cache" > "$dir/study.log"
 grep -q 'moe .*test perplexity per word' "$dir/study.log" && grep -q '<h2>Sample generations</h2>' "$dir/study/report/index.html" &&

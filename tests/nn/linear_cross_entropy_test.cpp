@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include "moelab/nn/linear_cross_entropy.h"
+#include "moelab/util/runtime.h"
 
 namespace {
 
@@ -41,4 +42,34 @@ TEST(LinearCrossEntropyTest, MatchesTheUnfusedFormAndItsGradients) {
   EXPECT_TRUE(torch::allclose(moelab::nn::linear_cross_entropy(h, w, targets, 3), reference_nll(h, w, targets),
                               1e-5, 1e-6));
   EXPECT_THROW(moelab::nn::linear_cross_entropy(h, torch::randn({7, 4}), targets), c10::Error);
+}
+
+// Under bf16 autocast the GEMMs run in bf16 (float32 accumulation) and the softmax in float32:
+// values and gradients stay within bf16 rounding of the float32 form, and the gradients come
+// back in the parameters' type. (The bf16 path used to fail: a float32 out= buffer for bf16 rows.)
+TEST(LinearCrossEntropyTest, Bf16AutocastKeepsFloat32SoftmaxAndGradients) {
+  torch::manual_seed(1);
+  const at::Tensor targets = torch::tensor({3, -1, 0, 6, 2, 2, -1, 5, 1, 4, 0}, torch::kLong);
+  for (bool uniform : {true, false}) {
+    const at::Tensor h0 = torch::randn({11, 16}), w0 = torch::randn({7, 16}) * 0.2;
+    const at::Tensor upstream = uniform ? torch::full({11}, 0.5) : torch::rand({11});
+    auto h1 = h0.clone().requires_grad_(), w1 = w0.clone().requires_grad_();
+    auto h2 = h0.clone().requires_grad_(), w2 = w0.clone().requires_grad_();
+    at::Tensor fused;
+    {
+      moelab::AutocastScope autocast(moelab::Precision::kBFloat16);
+      fused = moelab::nn::linear_cross_entropy(h1, w1, targets, /*chunk_rows=*/4);
+    }
+    const at::Tensor plain = reference_nll(h2, w2, targets);
+    EXPECT_EQ(fused.scalar_type(), at::kFloat);
+    EXPECT_TRUE(torch::allclose(fused, plain, 3e-2, 3e-2)) << (fused - plain).abs().max();
+    EXPECT_FALSE(torch::equal(fused, plain)) << "the GEMM did not run in bf16";
+    EXPECT_EQ(fused[1].item<float>(), 0.0f);
+    (fused * upstream).sum().backward();
+    (plain * upstream).sum().backward();
+    ASSERT_EQ(h1.grad().scalar_type(), at::kFloat);
+    ASSERT_EQ(w1.grad().scalar_type(), at::kFloat);
+    EXPECT_TRUE(torch::allclose(h1.grad(), h2.grad(), 3e-2, 3e-2)) << "uniform " << uniform;
+    EXPECT_TRUE(torch::allclose(w1.grad(), w2.grad(), 3e-2, 3e-2)) << "uniform " << uniform;
+  }
 }

@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include "moelab/nn/moe_layer.h"
+#include "moelab/util/runtime.h"
 #include "support/naive_moe.h"
 
 using moelab::nn::MoELayer;
@@ -327,4 +328,33 @@ TEST(MoELayerTest, ComposesWithTorchModules) {
   }
   at::Tensor y = block.moe->forward(block.proj->forward(torch::randn({3, 4}))).output;
   EXPECT_EQ(y.sizes(), at::IntArrayRef({3, 4}));
+}
+
+// Under bf16 autocast the router decides in float32 (the same experts as without autocast) and
+// the routed and shared experts compute in bf16: float32 output within bf16 rounding, float32
+// gradients for every parameter.
+TEST(MoELayerTest, Bf16AutocastRoutesInFloat32AndComputesExpertsInBf16) {
+  torch::manual_seed(3);
+  MoELayerOptions options(16, 32, 4);
+  options.router().top_k(2);
+  options.num_shared_experts(1);
+  MoELayer layer(options);
+  const at::Tensor x = torch::randn({24, 16});
+  const auto exact = layer->forward(x);
+  moelab::nn::MoEOutput low;
+  {
+    moelab::AutocastScope autocast(moelab::Precision::kBFloat16);
+    low = layer->forward(x);
+  }
+  EXPECT_TRUE(torch::equal(low.stats.indices, exact.stats.indices));
+  EXPECT_EQ(low.output.scalar_type(), at::kFloat);
+  EXPECT_TRUE(torch::allclose(low.output, exact.output, 3e-2, 3e-2))
+      << (low.output - exact.output).abs().max();
+  EXPECT_FALSE(torch::equal(low.output, exact.output)) << "the experts did not run in bf16";
+  (low.output.square().sum() + low.aux_loss).backward();
+  for (const auto& p : layer->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_EQ(p.value().grad().scalar_type(), at::kFloat) << p.key();
+    EXPECT_TRUE(torch::isfinite(p.value().grad()).all().item<bool>()) << p.key();
+  }
 }

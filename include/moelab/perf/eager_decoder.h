@@ -21,6 +21,9 @@ struct EagerDecoderOptions {
   int64_t batch_size = 32;
   int64_t block_length = 128;
   uint64_t seed = 0;
+  /// The forward pass and the loss under bf16 CPU autocast, as a user of torch.autocast writes
+  /// it; weights and optimiser float32.
+  bool bf16_autocast = false;
 };
 
 /// Training tokens/s over `steps` AdamW steps (after `warmup`) on random tokens.

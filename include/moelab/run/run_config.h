@@ -42,6 +42,10 @@ std::shared_ptr<models::Model> build_model(const YAML::Node& resolved);
 /// out for validation (seeded by train.seed).
 data::Splits load_data(const YAML::Node& resolved);
 
+/// Sizes a config leaves to its data, filled in (model.vocab_size 0: the tokenizer's). Loads the
+/// data only when a size is left to it; `resolved` unchanged otherwise.
+YAML::Node with_sizes_from_data(const YAML::Node& resolved);
+
 /// The task a resolved config names.
 std::shared_ptr<train::Task> make_task(const YAML::Node& resolved);
 

@@ -68,8 +68,9 @@ std::string best_blas_core_for_cpu();
 /// false if any element is further off than float32 rounding allows.
 bool gemm_matches_float64();
 
-/// GFLOP/s of an n x n x n float32 matmul on the current threads (median of a few, after warm-up).
-double measure_gemm_gflops(int64_t n = 1024);
+/// GFLOP/s of an n x n x n matmul of `dtype` (float32 or bfloat16: oneDNN's AMX kernels where the
+/// CPU has them) on the current threads (median of a few, after warm-up).
+double measure_gemm_gflops(int64_t n = 1024, c10::ScalarType dtype = c10::ScalarType::Float);
 
 /// Arithmetic precision of training and evaluation: fp32, or bf16 autocast (matmuls and
 /// convolutions in bfloat16, weights, optimiser state and reductions in float32).
