@@ -10,6 +10,9 @@
 // precomputed sum is exact when the upstream gradient is the same for every row with a target
 // (any mean-style loss), and is recomputed chunk by chunk otherwise.
 //
+// Under bf16 autocast the GEMMs run in bf16 (AMX where the CPU has it) and the softmax, the nll
+// and the weight gradient's sum in float32.
+//
 // Legend: N rows (tokens), D width, V vocabulary.
 #pragma once
 
