@@ -125,6 +125,8 @@ void bench_language_model(const BenchLanguageModelArguments& args) {
     eager.num_heads = o.num_heads();
     eager.num_experts = decoder.is_moe_layer(0) ? o.moe().num_experts() : 0;
     eager.top_k = o.moe().router().top_k();
+    eager.dropout = o.dropout();
+    eager.attention_dropout = o.attention_dropout();
     eager.batch_size = resolved["train"]["batch_size"].as<int64_t>();
     eager.block_length = resolved["data"]["block_length"].as<int64_t>();
     eager_rate = perf::eager_decoder_train_tokens_per_s(eager, args.steps, args.warmup);

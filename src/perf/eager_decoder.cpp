@@ -41,6 +41,9 @@ struct EagerBlock : torch::nn::Module {
     const auto x1 = x.narrow(-1, 0, dh / 2), x2 = x.narrow(-1, dh / 2, dh / 2);
     return x * emb.cos() + torch::cat({-x2, x1}, -1) * emb.sin();
   }
+  torch::Tensor residual_dropout(const torch::Tensor& x) const {
+    return F::dropout(x, F::DropoutFuncOptions().p(o_.dropout));
+  }
   torch::Tensor ffn(int64_t e, const torch::Tensor& x) {
     return w2[e]->forward(F::silu(w1[e]->forward(x)) * w3[e]->forward(x));
   }
@@ -51,8 +54,9 @@ struct EagerBlock : torch::nn::Module {
     const auto qh = rope(split(q->forward(x))), kh = rope(split(k->forward(x))), vh = split(v->forward(x));
     auto scores = torch::matmul(qh, kh.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
     scores = scores.masked_fill(torch::ones({l, l}, torch::kBool).triu(1), -1e30);
-    const auto context = torch::matmul(torch::softmax(scores, -1), vh).transpose(1, 2).reshape({b, l, d});
-    h = h + o_proj->forward(context);
+    const auto weights = F::dropout(torch::softmax(scores, -1), F::DropoutFuncOptions().p(o_.attention_dropout));
+    const auto context = torch::matmul(weights, vh).transpose(1, 2).reshape({b, l, d});
+    h = h + residual_dropout(o_proj->forward(context));
     const auto y = rms(h, norm2).reshape({b * l, d});
     torch::Tensor out;
     if (o_.num_experts == 0) {
@@ -71,7 +75,7 @@ struct EagerBlock : torch::nn::Module {
         out = out.index_add(0, rows, (ffn(e, y.index_select(0, rows)) * weight).to(out.scalar_type()));
       }
     }
-    return h + out.view({b, l, d});
+    return h + residual_dropout(out.view({b, l, d}));
   }
   EagerDecoderOptions o_;
   torch::Tensor norm1, norm2;
@@ -100,7 +104,8 @@ double eager_decoder_train_tokens_per_s(const EagerDecoderOptions& o, int64_t st
     torch::Tensor loss;
     {
       AutocastScope autocast(o.bf16_autocast ? Precision::kBFloat16 : Precision::kFloat32);
-      auto h = embedding->forward(tokens.narrow(1, 0, o.block_length));
+      auto h = F::dropout(embedding->forward(tokens.narrow(1, 0, o.block_length)),
+                          F::DropoutFuncOptions().p(o.dropout));
       for (auto& block : blocks) h = block->forward(h);
       const auto logits = torch::matmul(EagerBlock::rms(h, final_norm), embedding->weight.t());
       loss = F::cross_entropy(logits.reshape({-1, o.vocab_size}).to(torch::kFloat),

@@ -19,8 +19,9 @@ greedy=$("$moelab" generate "$dir/run" --prompt "the quick brown" --max-new-toke
 "$moelab" export "$dir/run" --format hf --out "$dir/hf" > /dev/null
 grep -q '"architectures": \[\s*$' "$dir/hf/config.json" && grep -q '"MixtralForCausalLM"' "$dir/hf/config.json" &&
   test -s "$dir/hf/model.safetensors" && test -s "$dir/hf/tokenizer/vocab.txt" && echo "hf export is Mixtral"
-"$moelab" bench lm -c "$here/tiny_lm.yaml" $common train.precision=bf16 --steps 2 --warmup 1 --generate 8 --json |
-  grep -Eq '"generate_tokens_per_s":[0-9.e+]+.*"precision":"bf16".*"train_tokens_per_s":[0-9.e+]+' &&
+"$moelab" bench lm -c "$here/tiny_lm.yaml" $common train.precision=bf16 --steps 2 --warmup 1 --generate 8 \
+  --eager-reference --json |
+  grep -Eq '"eager_reference_bf16_tokens_per_s":[1-9][0-9.e+]*,"eager_reference_tokens_per_s":[1-9][0-9.e+]*,"generate_tokens_per_s":[0-9.e+]+.*"precision":"bf16".*"train_tokens_per_s":[0-9.e+]+' &&
   echo "bench lm measures both, in bf16"
 "$moelab" info -c "$here/tiny_lm.yaml" $common --json | grep -q '"parameters_total":[1-9]' &&
   echo "info takes the vocabulary from the data"
