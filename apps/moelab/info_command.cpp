@@ -49,6 +49,7 @@ void print_system(bool json) {
   const int threads = at::get_num_threads();
   const double gflops = measure_gemm_gflops(1024);
   const double bf16_gflops = measure_gemm_gflops(1024, at::kBFloat16);
+  const bool bf16_pays_off = bf16_gflops > 1.5 * gflops;
   const bool onednn = at::hasMKLDNN();
   const std::string allocator = allocator_tuned()
                                     ? "glibc malloc, large blocks from the heap (M_MMAP_MAX=0), "
@@ -83,10 +84,10 @@ void print_system(bool json) {
             << fmt::format("allocator         {}\n", allocator)
             << fmt::format("oneDNN            {}\n", onednn ? "available (convolutions use it)" : "not built in")
             << fmt::format("GEMM 1024^3 fp32  {:.1f} GFLOP/s on {} threads\n", gflops, threads)
-            << fmt::format("GEMM 1024^3 bf16  {:.1f} GFLOP/s ({}: train.precision=bf16 {})\n",
-                           bf16_gflops, bf16_gflops > 1.5 * gflops ? "faster" : "not faster",
-                           bf16_gflops > 1.5 * gflops ? "pays off on this machine"
-                                                      : "would not speed up training here");
+            << fmt::format("GEMM 1024^3 bf16  {:.1f} GFLOP/s ({})\n", bf16_gflops,
+                           bf16_pays_off ? "faster: train.precision=bf16 pays off on this machine"
+                                         : "not faster: train.precision=bf16 would not speed up "
+                                           "training here");
 }
 
 }  // namespace

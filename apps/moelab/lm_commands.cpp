@@ -114,7 +114,8 @@ void bench_language_model(const BenchLanguageModelArguments& args) {
   const double generate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double generate_rate = static_cast<double>(generated.size()) / std::max(generate_seconds, 1e-9);
   double eager_rate = 0, eager_bf16_rate = 0;
-  const bool bf16 = resolved["train"]["precision"].as<std::string>() == "bf16";
+  const std::string precision = resolved["train"]["precision"].as<std::string>();
+  const bool bf16 = precision == "bf16";
   if (args.eager_reference) {
     const auto& o = decoder.options;
     perf::EagerDecoderOptions eager;
@@ -139,7 +140,7 @@ void bench_language_model(const BenchLanguageModelArguments& args) {
     std::cout << nlohmann::json{{"train_tokens_per_s", train_rate},
                                 {"eager_reference_tokens_per_s", eager_rate},
                                 {"eager_reference_bf16_tokens_per_s", eager_bf16_rate},
-                                {"precision", resolved["train"]["precision"].as<std::string>()},
+                                {"precision", precision},
                                 {"train_steps", profile.steps},
                                 {"tokens_per_step", tokens_per_step},
                                 {"generate_tokens_per_s", generate_rate},
@@ -155,8 +156,7 @@ void bench_language_model(const BenchLanguageModelArguments& args) {
   if (args.eager_reference) {
     std::cout << fmt::format("eager LibTorch reference (Mixtral-style expert loop, full logits), fp32: "
                              "{:.0f} tokens/s; moelab ({}) / eager = {:.2f}\n",
-                             eager_rate, resolved["train"]["precision"].as<std::string>(),
-                             train_rate / std::max(eager_rate, 1e-9));
+                             eager_rate, precision, train_rate / std::max(eager_rate, 1e-9));
     if (bf16) {
       std::cout << fmt::format("eager LibTorch reference under bf16 autocast: {:.0f} tokens/s; "
                                "moelab (bf16) / eager (bf16) = {:.2f}\n",

@@ -2,8 +2,8 @@
 // reference `moelab bench lm` measures the moe_decoder against. Same sizes and the same maths
 // (RMSNorm, rotate-half RoPE, causal softmax attention, a softmax top-k renormalised router,
 // SwiGLU experts, tied output, full-logits cross-entropy, the config's dropouts, AdamW), written
-// as Hugging Face's Mixtral is: the experts in a Python-style loop (for each expert: the tokens that chose it,
-// index_select, its FFN, index_add), torch::nn modules, autograd everywhere.
+// as Hugging Face's Mixtral is: the experts in a Python-style loop (for each expert: the tokens
+// that chose it, index_select, its FFN, index_add), torch::nn modules, autograd everywhere.
 #pragma once
 
 #include <cstdint>
