@@ -39,6 +39,9 @@ train::TrainProfile profile_training(const ConfigArguments& args, int64_t warmup
 /// `moelab bench ...`: micro-benchmarks of library components.
 void register_bench_command(CLI::App& app, Action& action);
 
+/// `moelab data simulate-perturbation ...`: writes data sets.
+void register_data_commands(CLI::App& app, Action& action);
+
 /// `moelab info -c CONFIG ...`: a model's size and cost, or the resolved config.
 void register_info_command(CLI::App& app, Action& action);
 

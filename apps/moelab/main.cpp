@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   moelab::app::Action action;
   moelab::app::register_bench_command(app, action);
+  moelab::app::register_data_commands(app, action);
   moelab::app::register_info_command(app, action);
   moelab::app::register_run_commands(app, action);
   moelab::app::register_language_model_commands(app, action);

@@ -5,6 +5,8 @@
 #include "moelab/config/config.h"
 #include "moelab/config/fields.h"
 #include "moelab/data/images.h"
+#include "moelab/data/molecules.h"
+#include "moelab/data/perturbation.h"
 #include "moelab/data/synthetic_mixture.h"
 #include "moelab/data/synthetic_regression.h"
 #include "moelab/data/text_data.h"
@@ -96,6 +98,21 @@ std::vector<DataEntry> register_data() {
          },
          "language_model"});
   }
+  entries.push_back(add_data<MoleculePropertyOptions>(
+      "molecule_property",
+      "SMILES with one value each (default: rdkit-data's NCI set with TPSA), as Morgan fingerprints",
+      load_molecule_property, "regression"));
+  entries.push_back(
+      {"perturbation",
+       "gene-expression response to compounds (LINCS-style GCTX or the CheMoE csv layout); 5-fold CV",
+       [] { return to_yaml(PerturbationDataOptions()); },
+       [](const YAML::Node& section, const std::string& where) {
+         validate(parse_options<PerturbationDataOptions>(section, where), where);
+       },
+       [](const YAML::Node& section, const std::string& where) {
+         return load_perturbation_data(parse_options<PerturbationDataOptions>(section, where));
+       },
+       "perturbation"});
   return entries;
 }
 

@@ -12,6 +12,7 @@
 
 #include "moelab/config/fields.h"
 #include "moelab/data/token_file.h"
+#include "moelab/io/cache.h"
 #include "moelab/io/file.h"
 #include "moelab/util/errors.h"
 
@@ -77,22 +78,6 @@ std::string corpus_path(const std::string& name, const TextDataOptions& o) {
   return o.path();
 }
 
-std::string cache_root(const TextDataOptions& o) {
-  if (!o.cache_dir().empty()) return o.cache_dir();
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return std::string(xdg) + "/moelab/tokens";
-  if (const char* home = std::getenv("HOME"); home && *home) return std::string(home) + "/.cache/moelab/tokens";
-  return "/tmp/moelab-tokens";
-}
-
-// FNV-1a, 64 bits: the cache key needs no cryptographic strength, only stability.
-struct Fnv {
-  uint64_t h = 1469598103934665603ULL;
-  void add(const std::string& s) {
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
-    h = (h ^ 0xFF) * 1099511628211ULL;  // separator
-  }
-};
-
 // A tokenizer directory holds vocab.txt or tokenizer.model, not both: a missing one adds "".
 std::string read_if_present(const std::string& path) {
   return fs::exists(path) ? io::read_file(path) : std::string();
@@ -100,7 +85,7 @@ std::string read_if_present(const std::string& path) {
 
 // The cache key: the corpus files (names, sizes, modification times), the split, the tokenizer.
 std::string cache_key(const std::string& name, const std::string& path, const TextDataOptions& o) {
-  Fnv fnv;
+  io::Fnv64 fnv;
   fnv.add("moelab-text-cache-v1");
   fnv.add(name);
   std::vector<fs::path> files;
@@ -128,9 +113,7 @@ std::string cache_key(const std::string& name, const std::string& path, const Te
     fnv.add(read_if_present(o.tokenizer_path() + "/vocab.txt"));
     fnv.add(read_if_present(o.tokenizer_path() + "/tokenizer.model"));
   }
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fnv.h));
-  return name + "-" + hex;
+  return name + "-" + fnv.hex();
 }
 
 std::vector<const std::vector<std::string>*> words_of(const std::vector<Document>& documents) {
@@ -184,7 +167,7 @@ Splits load_text_data(const std::string& name, const TextDataOptions& o) {
                                                    "corpus; data.path sets another place)")
                                      : std::string()));
   }
-  const std::string dir = cache_root(o) + "/" + cache_key(name, path, o);
+  const std::string dir = io::cache_directory("tokens", o.cache_dir()) + "/" + cache_key(name, path, o);
   const std::string meta_path = dir + "/meta.json";
   const char* parts[3] = {"train", "val", "test"};
   if (!fs::exists(meta_path)) {

@@ -4,6 +4,7 @@
 
 #include "moelab/config/config.h"
 #include "moelab/config/fields.h"
+#include "moelab/models/chemoe.h"
 #include "moelab/models/decoder.h"
 #include "moelab/models/mlp_moe.h"
 #include "moelab/models/transformer.h"
@@ -163,6 +164,17 @@ std::vector<ModelEntry> register_models() {
     const double d = static_cast<double>(o.moe().d_model());
     return static_cast<double>(o.num_layers()) * (12 * d + moe_layer_activations(moe)) +
            3 * static_cast<double>(std::max<int64_t>(o.vocab_size(), 2));
+  };
+  entries.push_back(add_model<CheMoEOptions, CheMoEImpl>(
+      "chemoe", "CheMoE: gene-expression response to a compound; experts shared by all genes, "
+                "sparse dispatch of each sample to its k experts"));
+  entries.back().dense_baseline = [](const YAML::Node& section, MatchTarget target) {
+    if (target != MatchTarget::kFlops) {
+      throw ConfigError("model chemoe: its dense baseline is matched on FLOPs only (baseline: iso_flops)");
+    }
+    YAML::Node model = to_yaml(dense_baseline(parse_options<CheMoEOptions>(section, "model")));
+    model["name"] = "chemoe";
+    return model;
   };
   return entries;
 }

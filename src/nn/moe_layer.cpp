@@ -191,7 +191,9 @@ TokenDecisions token_decisions(const RouterOutput& routing, const DispatchPlan& 
   return {indices, weights.view({n, e}), indices.ge(0)};
 }
 
-RoutingStats compute_stats(const RouterOutput& routing, const DispatchPlan& plan) {
+}  // namespace
+
+RoutingStats routing_stats(const RouterOutput& routing, const DispatchPlan& plan) {
   torch::NoGradGuard no_grad;
   RoutingStats stats;
   stats.num_tokens = plan.num_tokens;
@@ -210,6 +212,8 @@ RoutingStats compute_stats(const RouterOutput& routing, const DispatchPlan& plan
       plan.num_assigned > 0 ? static_cast<double>(plan.num_dropped) / plan.num_assigned : 0.0;
   return stats;
 }
+
+namespace {
 
 // Rows of `routed` (n, ...) placed back among all N tokens; masked rows get `fill`.
 at::Tensor scatter_rows(const at::Tensor& routed, const at::Tensor& rows, int64_t total,
@@ -281,7 +285,7 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& input, const at::Tensor& paddi
   const auto loss_options = routing.probs.defined() ? routing.probs.options() : x.options();
   result.aux_terms = compute_aux_terms(routing, plan, options.aux(), loss_options);
   result.aux_loss = weighted_sum(result.aux_terms, options.aux(), loss_options);
-  result.stats = compute_stats(routing, plan);
+  result.stats = routing_stats(routing, plan);
   TokenDecisions decisions = token_decisions(routing, plan);
   if (rows.defined()) {
     out = scatter_rows(out, rows, num_tokens, 0.0);

@@ -192,6 +192,14 @@ void check_model_fits_data(const YAML::Node& resolved, const data::Splits& split
                       " tokens of data." + resolved["data"]["name"].as<std::string>() +
                       "'s tokenizer (HINT: model.vocab_size: 0 takes the tokenizer's)");
   }
+  for (const auto& [key, value] : splits.sizes) {
+    if (model_size(key.c_str()) >= 0 && model_size(key.c_str()) != value) {
+      throw ConfigError("model." + key + " (" + std::to_string(model_size(key.c_str())) +
+                        ") does not match the data's " + std::to_string(value) + " (data." +
+                        resolved["data"]["name"].as<std::string>() + "; HINT: model." + key +
+                        ": 0 takes the data's)");
+    }
+  }
   const YAML::Node data_section = resolved["data"];
   if (data_section["block_length"] && model_size("max_length") >= 0 &&
       data_section["block_length"].as<int64_t>() > model_size("max_length")) {
@@ -227,19 +235,31 @@ void check_model_fits_data(const YAML::Node& resolved, const data::Splits& split
   }
 }
 
+// A model option the data may size (0 = the data's): the tokenizer's vocabulary, or a size the
+// data set states (Splits::sizes).
 void fill_sizes_from_data(YAML::Node& resolved, const data::Splits& splits) {
   YAML::Node model = resolved["model"];
-  if (splits.tokenizer && model["vocab_size"] && model["vocab_size"].IsScalar() &&
-      model["vocab_size"].as<int64_t>() == 0) {
-    model["vocab_size"] = splits.tokenizer->vocab_size();
+  auto is_zero = [&](const std::string& key) {
+    return model[key] && model[key].IsScalar() && model[key].as<int64_t>() == 0;
+  };
+  if (splits.tokenizer && is_zero("vocab_size")) model["vocab_size"] = splits.tokenizer->vocab_size();
+  for (const auto& [key, value] : splits.sizes) {
+    if (is_zero(key)) model[key] = value;
   }
+}
+
+bool sized_by_data(const YAML::Node& resolved) {
+  for (const char* key : {"vocab_size", "num_genes", "num_cell_lines", "input_dim"}) {
+    const YAML::Node value = resolved["model"][key];
+    if (value && value.IsScalar() && value.as<int64_t>() == 0) return true;
+  }
+  return false;
 }
 
 }  // namespace
 
 YAML::Node with_sizes_from_data(const YAML::Node& resolved) {
-  const YAML::Node vocab = resolved["model"]["vocab_size"];
-  if (!vocab || !vocab.IsScalar() || vocab.as<int64_t>() != 0) return resolved;
+  if (!sized_by_data(resolved)) return resolved;
   YAML::Node filled = config::clone(resolved);
   fill_sizes_from_data(filled, load_data(resolved));
   return filled;

@@ -6,6 +6,7 @@
 
 #include "moelab/config/config.h"
 #include "moelab/train/language_model_task.h"
+#include "moelab/train/perturbation_task.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::train {
@@ -199,6 +200,8 @@ const std::vector<TaskEntry>& task_registry() {
        [] { return std::make_shared<RegressionTask>(); }},
       {"language_model", "next-token cross-entropy; perplexity per token and per word",
        make_language_model_task},
+      {"perturbation", "gene-expression response: MSE; R^2 of the top-20/40/80 DE genes, Pearson DE",
+       make_perturbation_task},
   };
   return entries;
 }

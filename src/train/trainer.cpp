@@ -251,6 +251,10 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     if (console_mode_ == ConsoleMode::kProgressBar) *console_ << "\r\033[K";
     *console_ << line << std::endl;
   };
+  if (first_step == 0 && !data_.notes.empty()) {
+    for (const auto& note : data_.notes) say("data: " + note);
+    append_metrics(nlohmann::json{{"kind", "data"}, {"notes", data_.notes}});
+  }
   auto draw_bar = [&](bool force) {
     if (console_mode_ != ConsoleMode::kProgressBar) return;
     if (!force && Clock::now() - last_draw < std::chrono::milliseconds(100)) return;

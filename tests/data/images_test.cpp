@@ -154,7 +154,8 @@ TEST(DataRegistryTest, ImageEntriesAreRegisteredWithTheirDefaults) {
   EXPECT_EQ(find_data("fashion_mnist").defaults()["augment"].as<bool>(), false);
   EXPECT_EQ(moelab::testing::error_message<moelab::ConfigError>([] { find_data("fashion-mnist"); }),
             "data.name: unknown data set 'fashion-mnist'; did you mean 'fashion_mnist'? "
-            "(registered: synthetic_mixture synthetic_regression fashion_mnist mnist cifar10 cifar100 brown text)");
+            "(registered: synthetic_mixture synthetic_regression fashion_mnist mnist cifar10 cifar100 brown text "
+            "molecule_property perturbation)");
 }
 
 // Damaged files are refused before anything is allocated or trained on (issue 16).

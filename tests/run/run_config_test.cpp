@@ -38,7 +38,7 @@ TEST(RunConfigTest, RejectsUnknownSectionsKeysAndInvalidCombinations) {
             "sections: unknown key (valid: model data task train)");
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"task.name=regresion"}); }),
             "task.name: unknown task 'regresion'; did you mean 'regression'? (registered: "
-            "classification regression language_model)");
+            "classification regression language_model perturbation)");
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"model.num_layer=2"}); }),
             "model.num_layer: unknown key; did you mean 'model.num_layers'?");
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"model=3"}); }),

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -76,6 +77,15 @@ struct Splits {
   std::shared_ptr<const Tokenizer> tokenizer;
   /// Names of the token_tags classes (part of speech), empty if the text has none.
   std::vector<std::string> tag_names;
+  /// Sizes a model may take from the data, by the model's option name (num_genes,
+  /// num_cell_lines, input_dim): a model option set to 0 gets the data's value, and one set
+  /// otherwise must equal it.
+  std::map<std::string, int64_t> sizes;
+  /// Perturbation data: the name of each cell line (the cell_line tensor's values index it).
+  std::vector<std::string> cell_line_names;
+  /// What the loader wants the user to know about the data, e.g. "3 invalid SMILES skipped"
+  /// (the trainer prints them and writes them to the run's metrics log at the start).
+  std::vector<std::string> notes;
 };
 
 /// Moves a seeded `fraction` of `train` into `val` (the same seed, the same split); a data set

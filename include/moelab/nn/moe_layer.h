@@ -93,6 +93,11 @@ struct MoEOutput {
   RoutingStats stats;
 };
 
+/// What a routing did (everything but indices, weights and kept, which the caller sets): the
+/// statistics every MoE layer reports, for a model that routes with its own gate (CheMoE routes
+/// whole samples) and plans with plan_token_choice.
+RoutingStats routing_stats(const RouterOutput& routing, const DispatchPlan& plan);
+
 /// Scalars in a module's parameters (frozen ones included). The one count every model's cost
 /// and the tools use.
 int64_t count_parameters(const torch::nn::Module& module);
