@@ -7,6 +7,7 @@
 #include "moelab/config/fields.h"
 #include "moelab/data/perturbation.h"
 #include "moelab/nn/dispatch.h"
+#include "moelab/nn/dropout.h"
 #include "moelab/nn/options_yaml.h"
 #include "moelab/util/errors.h"
 
@@ -94,8 +95,8 @@ at::Tensor CheMoEExpertImpl::forward(const at::Tensor& sample_part, const at::Te
   const int64_t n = sample_part.size(0), genes = gene_part.size(0);
   // (n, 1, H1) + (1, G, H1) = the first Linear of [g, gene] for every (sample, gene) row
   at::Tensor h = (sample_part.unsqueeze(1) + gene_part.unsqueeze(0)).view({n * genes, hidden});
-  h = at::dropout(at::relu(norm1->forward(h)), dropout, is_training());
-  h = at::dropout(at::relu(norm2->forward(second->forward(h))), dropout, is_training());
+  h = nn::dropout(at::relu(norm1->forward(h)), dropout, is_training());
+  h = nn::dropout(at::relu(norm2->forward(second->forward(h))), dropout, is_training());
   return out->forward(h).view({n, genes});  // (n, G)
 }
 
