@@ -164,9 +164,26 @@ void register_run_commands(CLI::App& app, Action& action) {
                                    lm["train_tokens_per_s"].get<double>());
           continue;
         }
+        if (run.contains("perturbation")) {
+          const auto& test = run["perturbation"]["test"];
+          std::cout << fmt::format("{:<20} test R^2 top-20 DE {:.4f}  Pearson DE {:.4f}  params {:>9}  FLOPs/sample {:>11}\n",
+                                   run["name"].get<std::string>(), test["r2_top20"].get<double>(),
+                                   test["pearson_de"].get<double>(), run["parameters_total"].get<int64_t>(),
+                                   run["flops_per_sample"].get<int64_t>());
+          continue;
+        }
         std::cout << fmt::format("{:<20} test accuracy {:.2f}%  params {:>9}  FLOPs/image {:>11}\n",
                                  run["name"].get<std::string>(), 100.0 * run["test_accuracy"].get<double>(),
                                  run["parameters_total"].get<int64_t>(), run["flops_per_sample"].get<int64_t>());
+      }
+      if (result.contains("baselines") && !result["baselines"].is_null()) {
+        for (const auto& [name, baseline] : result["baselines"].items()) {
+          const auto& values = baseline["values"];
+          const bool scored = baseline["details"]["skipped"]["r2_top20"].get<double>() <
+                              baseline["samples"].get<double>();
+          std::cout << fmt::format("{:<20} test R^2 top-20 DE {}  (baseline)\n", name,
+                                   scored ? fmt::format("{:.4f}", values["r2_top20"].get<double>()) : "n/a");
+        }
       }
       std::cout << "report: " << analysis::write_report(dir) << "\n";
     };

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "moelab/analysis/language_model_study.h"
+#include "moelab/analysis/perturbation_study.h"
 #include "moelab/analysis/plot.h"
 #include "moelab/config/config.h"
 #include "moelab/models/registry.h"
@@ -182,10 +183,15 @@ nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
                          {"steps", (*test)["step"]}};
     if (entry["task"] == "language_model") {
       entry["language_model"] = analyse_language_model_run(run_dir, config);
+    } else if (entry["task"] == "perturbation") {
+      entry["perturbation"] = analyse_perturbation_run(run_dir, config);
     } else {
       entry["test_accuracy"] = (*test)["accuracy"];
     }
     study["runs"].push_back(entry);
+  }
+  if (!plan.runs.empty() && study["runs"][0]["task"] == "perturbation") {
+    study["baselines"] = perturbation_baselines(YAML::Load(plan.runs[0].second));
   }
   std::ofstream(fs::path(study_dir) / "study.json") << study.dump(2) << "\n";
   return study;
@@ -248,6 +254,16 @@ std::string write_report(const std::string& study_dir) {
   const fs::path report = fs::path(study_dir) / "report";
   fs::create_directories(report);
   auto png = [&](const std::string& name) { return (report / name).string(); };
+  if (!study["runs"].empty() && study["runs"][0].contains("perturbation")) {
+    const std::string index = (report / "index.html").string();
+    std::ofstream(index) << html_page(
+        study["name"].get<std::string>(),
+        "<p>Gene-expression response to compounds at one training budget, scored on differential\n"
+        "expression (treated - basal) as CheMoE and PDGrapher score it. FLOPs: forward multiply-adds\n"
+        "x 2 per sample, each expert's first layer counted over all its inputs for every gene as the\n"
+        "published code computes it.</p>\n" + perturbation_report(study, study_dir, report.string()));
+    return index;
+  }
   const bool language_models = !study["runs"].empty() && study["runs"][0].contains("language_model");
   if (language_models) {
     const std::string body = language_model_report(study, study_dir, report.string());

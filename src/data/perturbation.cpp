@@ -16,6 +16,7 @@
 
 #include "internal/gctx.h"
 #include "moelab/config/fields.h"
+#include "moelab/io/cache.h"
 #include "moelab/io/file.h"
 #include "moelab/util/errors.h"
 
@@ -24,8 +25,23 @@ namespace moelab::data {
 namespace fs = std::filesystem;
 
 template <typename V>
+void visit(V& v, SimulationOptions& o) {
+  v.field("molecules", o.molecules());
+  v.field("cell_lines", o.cell_lines());
+  v.field("genes", o.genes());
+  v.field("samples", o.samples());
+  v.field("programs", o.programs());
+  v.field("genes_per_program", o.genes_per_program());
+  v.field("noise", o.noise());
+  v.field("seed", o.seed());
+}
+MOELAB_DEFINE_OPTIONS_YAML(SimulationOptions)
+
+template <typename V>
 void visit(V& v, PerturbationDataOptions& o) {
   v.field("path", o.path());
+  v.field("simulate", o.simulate());
+  v.nested("simulation", o.simulation());
   v.field("format", o.format());
   v.field("molecules", o.molecules());
   v.nested("fingerprint", o.fingerprint());
@@ -49,7 +65,9 @@ void validate(const PerturbationDataOptions& o, const std::string& where) {
     for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
     throw ConfigError(where + "." + key + ": expected one of " + list + ", got '" + value + "'");
   };
-  if (o.path().empty()) throw ConfigError(where + ".path: the data set's directory is required");
+  if (o.path().empty() && !o.simulate()) {
+    throw ConfigError(where + ".path: the data set's directory is required (or simulate: true)");
+  }
   one_of("format", o.format(), {"auto", "csv", "gctx"});
   one_of("molecules", o.molecules(), {"fingerprint", "embeddings"});
   one_of("split", o.split(), {"cv", "file"});
@@ -417,14 +435,35 @@ std::unordered_map<std::string, std::vector<float>> read_embeddings(const std::s
 
 }  // namespace
 
+std::string perturbation_data_directory(const PerturbationDataOptions& o) {
+  if (!o.simulate()) return o.path();
+  std::string out = o.path();
+  if (out.empty()) {
+    io::Fnv64 key;
+    key.add("moelab-perturbation-simulation-v1");
+    YAML::Emitter emitter;
+    emitter << to_yaml(o.simulation());
+    key.add(emitter.c_str());
+    out = io::cache_directory("perturbation", o.cache_dir().empty() ? "" : o.cache_dir() + "/perturbation") +
+          "/sim-" + key.hex();
+  }
+  // truth.json is written last: a set without it is incomplete and is simulated again.
+  if (!fs::exists(fs::path(out) / "truth.json")) simulate_perturbation(o.simulation(), out);
+  return out;
+}
+
 Splits load_perturbation_data(const PerturbationDataOptions& o) {
   validate(o, "data");
-  if (!fs::is_directory(o.path())) throw DataError(o.path() + ": no such directory (data.path)");
+  const std::string dir = perturbation_data_directory(o);
+  // A simulated set holds both layouts: csv/ and gctx/.
+  const std::string read_from =
+      o.simulate() ? (fs::path(dir) / (o.format() == "gctx" ? "gctx" : "csv")).string() : dir;
+  if (!fs::is_directory(read_from)) throw DataError(read_from + ": no such directory (data.path)");
   const bool gctx = o.format() == "gctx" ||
-                    (o.format() == "auto" && fs::exists(fs::path(o.path()) / "treated.gctx"));
-  const PerturbationTable table = gctx ? read_perturbation_gctx(o.path()) : read_perturbation_csv(o.path());
+                    (o.format() == "auto" && fs::exists(fs::path(read_from) / "treated.gctx"));
+  const PerturbationTable table = gctx ? read_perturbation_gctx(read_from) : read_perturbation_csv(read_from);
   const int64_t n = table.size();
-  if (n == 0) throw DataError(o.path() + ": no signatures");
+  if (n == 0) throw DataError(read_from + ": no signatures");
   Splits splits;
 
   // Molecule features, row by row.
@@ -433,7 +472,7 @@ Splits load_perturbation_data(const PerturbationDataOptions& o) {
   if (o.molecules() == "fingerprint") {
     std::vector<SmilesRecord> records;
     for (int64_t r = 0; r < n; ++r) {
-      records.push_back({table.smiles[r], o.path() + ": signature " + table.sig_ids[r] + " (smiles)"});
+      records.push_back({table.smiles[r], read_from + ": signature " + table.sig_ids[r] + " (smiles)"});
     }
     Fingerprints fingerprints = morgan_fingerprints(records, o.fingerprint(), o.on_invalid(), o.cache_dir());
     features = fingerprints.bits;
@@ -491,7 +530,8 @@ Splits load_perturbation_data(const PerturbationDataOptions& o) {
   Batch all({{kInputs, features},
              {kBasal, table.basal},
              {kCellLine, at::tensor(cell, at::kLong)},
-             {kTargets, table.treated}});
+             {kTargets, table.treated},
+             {kSignatureRow, at::arange(n, at::kLong)}});
   auto part = [&](const std::vector<int64_t>& rows) -> std::shared_ptr<DataSource> {
     std::vector<int64_t> kept;
     for (int64_t r : rows) {
@@ -503,7 +543,7 @@ Splits load_perturbation_data(const PerturbationDataOptions& o) {
   splits.train = part(split.train);
   splits.val = part(split.val);
   splits.test = part(split.test);
-  if (!splits.train) throw DataError(o.path() + ": no training signatures left after the split and filters");
+  if (!splits.train) throw DataError(read_from + ": no training signatures left after the split and filters");
   splits.sizes = {{"input_dim", features.size(1)},
                   {"num_genes", static_cast<int64_t>(table.genes.size())},
                   {"num_cell_lines", static_cast<int64_t>(names.size())}};
@@ -561,7 +601,8 @@ PerturbationTable simulate_perturbation(const SimulationOptions& o, const std::s
     triggers.push_back(candidates[trigger_pick[q].item<int64_t>()]);
     const at::Tensor genes = at::randperm(g, gen, at::kLong).slice(0, 0, o.genes_per_program());
     const at::Tensor sign = at::randint(0, 2, {o.genes_per_program()}, gen, at::kDouble) * 2 - 1;
-    const at::Tensor size = at::rand({o.genes_per_program()}, gen, at::kDouble) + 0.5;  // U(0.5, 1.5)
+    // U(1, 2.5): the top changes of a LINCS level-5 signature are z-scores of about 2-6.
+    const at::Tensor size = at::rand({o.genes_per_program()}, gen, at::kDouble) * 1.5 + 1.0;
     effect[q].index_put_({genes}, sign * size);
     const at::Tensor gene_effect = effect[q].index_select(0, genes).contiguous();
     programs.push_back({{"trigger_bit", triggers.back()},
@@ -569,15 +610,15 @@ PerturbationTable simulate_perturbation(const SimulationOptions& o, const std::s
                         {"effect", std::vector<double>(gene_effect.data_ptr<double>(),
                                                        gene_effect.data_ptr<double>() + gene_effect.numel())}});
   }
-  // Cell lines: a basal profile each, and a strength per program (0 for ~30%: the program is
-  // silent in that cell line).
+  // Cell lines: a basal profile each, and a strength per program, U(0.5, 1.5), or 0 for ~30%:
+  // the program is silent in that cell line.
   const at::Tensor basal_profile = at::normal(0.0, 1.0, {c, g}, gen, at::kDouble);
-  const at::Tensor strength = at::rand({c, p}, gen, at::kDouble) * 1.5 *
+  const at::Tensor strength = (at::rand({c, p}, gen, at::kDouble) + 0.5) *
                               at::rand({c, p}, gen, at::kDouble).ge(0.3).to(at::kDouble);
   // Signatures.
   const at::Tensor compound = at::randint(0, pool_size, {n}, gen, at::kLong);
   const at::Tensor cell = at::randint(0, c, {n}, gen, at::kLong);
-  const std::vector<double> dose_levels{0.04, 0.12, 0.37, 1.11, 3.33, 10.0};
+  const std::vector<double> dose_levels{0.37, 1.11, 3.33, 10.0};  // micromolar, as LINCS doses
   const at::Tensor dose_index = at::randint(0, static_cast<int64_t>(dose_levels.size()), {n}, gen, at::kLong);
   at::Tensor active = at::zeros({n, p}, at::kDouble);  // (N, P) programs the compound triggers
   for (int64_t q = 0; q < p; ++q) {

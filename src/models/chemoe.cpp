@@ -46,6 +46,7 @@ void visit(V& v, CheMoEOptions& o) {
   v.field("gate", o.gate());
   v.field("balance_weight", o.balance_weight());
   v.field("dense_experts", o.dense_experts());
+  v.field("residual", o.residual());
 }
 MOELAB_DEFINE_OPTIONS_YAML(CheMoEOptions)
 
@@ -202,6 +203,7 @@ ModelOutput CheMoEImpl::forward(const data::Batch& batch) {
     out.outputs = expert_rows.empty() ? at::zeros({b, o.num_genes()}, g.options())
                                       : nn::combine_rows(at::cat(expert_rows, 0), plan.weight, plan);
   }
+  if (o.residual()) out.outputs = out.outputs + basal.to(out.outputs.scalar_type());
   nn::RouterOutput routing;
   routing.logits = logits.detach();
   routing.probs = at::softmax(logits.detach(), 1);

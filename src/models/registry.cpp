@@ -168,6 +168,29 @@ std::vector<ModelEntry> register_models() {
   entries.push_back(add_model<CheMoEOptions, CheMoEImpl>(
       "chemoe", "CheMoE: gene-expression response to a compound; experts shared by all genes, "
                 "sparse dispatch of each sample to its k experts"));
+  entries.back().estimate_parameters = [](const YAML::Node& section) {
+    const auto o = parse_options<CheMoEOptions>(section, "model");
+    const double d = static_cast<double>(o.d_model()), e = static_cast<double>(o.num_experts());
+    const double in = static_cast<double>(std::max<int64_t>(o.input_dim(), 1));
+    const double genes = static_cast<double>(std::max<int64_t>(o.num_genes(), 1));
+    const double cells = static_cast<double>(std::max<int64_t>(o.num_cell_lines(), 1));
+    const double h = static_cast<double>(o.encoder_hidden()), h1 = static_cast<double>(o.expert_hidden()),
+                 h2 = static_cast<double>(o.expert_hidden2());
+    // Linear(a, b) with its bias, LayerNorm(b): (a + 1) b and 2 b.
+    const double molecule = (in + 1) * h + 2 * h + (h + 1) * d + 2 * d;
+    const double basal = (genes + 1) * 2 * d + 4 * d + (2 * d + 1) * d + 2 * d;
+    const double gate = (3 * d + 1) * d + 2 * d + (d + 1) * e + (o.gate() == CheMoEGate::kOriginal ? 2 * e : 0);
+    const double expert = (4 * d + 1) * h1 + 2 * h1 + (h1 + 1) * h2 + 2 * h2 + h2 + 1;
+    return molecule + basal + (cells + genes) * d + gate + e * expert;
+  };
+  entries.back().estimate_activations = [](const YAML::Node& section) {
+    // Per sample: each of its k experts keeps ~4 floats per hidden unit of every gene's row.
+    const auto o = parse_options<CheMoEOptions>(section, "model");
+    const double genes = static_cast<double>(std::max<int64_t>(o.num_genes(), 1));
+    const double k = static_cast<double>(o.dense_experts() ? o.num_experts() : o.top_k());
+    return k * genes * 4 * static_cast<double>(o.expert_hidden() + o.expert_hidden2()) +
+           4 * static_cast<double>(std::max<int64_t>(o.input_dim(), 1) + o.encoder_hidden());
+  };
   entries.back().dense_baseline = [](const YAML::Node& section, MatchTarget target) {
     if (target != MatchTarget::kFlops) {
       throw ConfigError("model chemoe: its dense baseline is matched on FLOPs only (baseline: iso_flops)");

@@ -86,18 +86,9 @@ std::string resolve_checkpoint(const std::string& path, bool prefer_latest) {
   return scan.latest;
 }
 
-namespace {
-
-struct LoadedCheckpoint {
-  std::string directory;
-  int64_t step = 0;
-  YAML::Node config;
-  std::shared_ptr<models::Model> model;
-};
-
 LoadedCheckpoint load_checkpoint_model(const std::string& path, bool prefer_latest,
-                                       const std::vector<std::string>& files = {},
-                                       const std::vector<std::string>& overrides = {}) {
+                                       const std::vector<std::string>& files,
+                                       const std::vector<std::string>& overrides) {
   LoadedCheckpoint loaded;
   loaded.directory = resolve_checkpoint(path, prefer_latest);
   // resolve_checkpoint has verified it; the manifest alone gives the step.
@@ -115,8 +106,6 @@ LoadedCheckpoint load_checkpoint_model(const std::string& path, bool prefer_late
   train::load_module_weights(*loaded.model, loaded.directory + "/model.safetensors");
   return loaded;
 }
-
-}  // namespace
 
 CheckpointEvaluation evaluate_checkpoint(const std::string& path,
                                          const std::vector<std::string>& files,

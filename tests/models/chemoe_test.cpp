@@ -101,6 +101,18 @@ TEST(CheMoETest, SparseDispatchEqualsDenseExpertsInValuesAndGradients) {
   }
 }
 
+TEST(CheMoETest, ResidualAddsTheBasalExpression) {
+  torch::manual_seed(4);
+  CheMoE absolute(small(4, 2));
+  CheMoE residual(small(4, 2).residual(true));
+  moelab::models::copy_state(*absolute, *residual);
+  absolute->eval();
+  residual->eval();
+  const auto in = batch(3, absolute->options);
+  EXPECT_TRUE(torch::allclose(residual->forward(in).outputs,
+                              absolute->forward(in).outputs + in.at(moelab::data::kBasal), 1e-6, 1e-6));
+}
+
 TEST(CheMoETest, InitialisationIsKaimingWithZeroBiasesAndSmallEmbeddings) {
   torch::manual_seed(0);
   CheMoE model(CheMoEOptions().num_genes(978).input_dim(1024).num_cell_lines(10));

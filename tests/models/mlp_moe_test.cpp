@@ -57,7 +57,7 @@ TEST(MLPMoETest, RegistryBuildsByNameAndRejectsUnknownNames) {
     FAIL() << "expected ConfigError";
   } catch (const moelab::ConfigError& e) {
     EXPECT_EQ(std::string(e.what()),
-              "model.name: unknown model 'mlp-moe'; did you mean 'mlp_moe'? (registered: mlp_moe vision_moe cnn resnet18 transformer_moe_classifier moe_decoder)");
+              "model.name: unknown model 'mlp-moe'; did you mean 'mlp_moe'? (registered: mlp_moe vision_moe cnn resnet18 transformer_moe_classifier moe_decoder chemoe)");
   }
 }
 

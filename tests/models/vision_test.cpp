@@ -157,6 +157,11 @@ TEST(ModelRegistryTest, ParameterEstimatesMatchTheBuiltModels) {
     ASSERT_TRUE(entry.estimate_activations) << entry.name;
     std::vector<std::string> overrides{"model.name=" + entry.name};
     if (entry.name == "moe_decoder") overrides.push_back("model.vocab_size=300");  // 0 = the data's
+    if (entry.name == "chemoe") {
+      for (const char* size : {"model.num_genes=50", "model.input_dim=64", "model.num_cell_lines=3"}) {
+        overrides.push_back(size);
+      }
+    }
     auto config = moelab::run::resolve_run_config({}, overrides);
     YAML::Node section = moelab::config::clone(config["model"]);
     section.remove("name");

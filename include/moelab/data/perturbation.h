@@ -36,6 +36,7 @@ namespace moelab::data {
 
 inline constexpr const char* kBasal = "basal";          // (B, G) float32 basal expression
 inline constexpr const char* kCellLine = "cell_line";   // (B) int64, indexes Splits::cell_line_names
+inline constexpr const char* kSignatureRow = "signature_row";  // (B) int64, the row in the table read
 
 /// Signatures as both layouts hold them.
 struct PerturbationTable {
@@ -57,9 +58,29 @@ void write_perturbation_csv(const PerturbationTable& table, const std::string& d
 /// Writes the gctx layout.
 void write_perturbation_gctx(const PerturbationTable& table, const std::string& dir);
 
+struct SimulationOptions {
+  /// A SMILES file (.smi, rdkit-data's NCI/first_5K.smi by default): compounds are drawn from it.
+  TORCH_ARG(std::string, molecules) = "/usr/share/RDKit/Data/NCI/first_5K.smi";
+  TORCH_ARG(int64_t, cell_lines) = 10;
+  TORCH_ARG(int64_t, genes) = 978;
+  TORCH_ARG(int64_t, samples) = 4000;
+  /// Gene programs: each is switched on by a substructure (a Morgan bit) and moves its genes.
+  TORCH_ARG(int64_t, programs) = 16;
+  /// Genes per program. Default 40.
+  TORCH_ARG(int64_t, genes_per_program) = 40;
+  /// Standard deviation of the measurement noise. Default 0.1.
+  TORCH_ARG(double, noise) = 0.1;
+  TORCH_ARG(uint64_t, seed) = 0;
+};
+
 struct PerturbationDataOptions {
-  /// The data set's directory. Required.
+  /// The data set's directory (required unless simulate: true).
   TORCH_ARG(std::string, path) = "";
+  /// Read a simulated set (simulate_perturbation with `simulation`) from PATH/csv (or
+  /// PATH/gctx), simulating it first if PATH holds none; PATH "" = the user's cache, keyed by
+  /// the simulation options. Default false.
+  TORCH_ARG(bool, simulate) = false;
+  TORCH_ARG(SimulationOptions, simulation);
   /// "auto" (gctx if DIR/treated.gctx exists, else csv), "csv" or "gctx".
   TORCH_ARG(std::string, format) = "auto";
   /// Molecule features: "fingerprint" (Morgan, from the SMILES) or "embeddings" (a file).
@@ -88,13 +109,20 @@ struct PerturbationDataOptions {
   TORCH_ARG(std::string, cache_dir) = "";
 };
 
+YAML::Node to_yaml(const SimulationOptions& options);
+void from_yaml(const YAML::Node& node, SimulationOptions& options, const std::string& where);
 YAML::Node to_yaml(const PerturbationDataOptions& options);
 void from_yaml(const YAML::Node& node, PerturbationDataOptions& options, const std::string& where);
 /// ConfigError naming the key of an invalid value.
 void validate(const PerturbationDataOptions& options, const std::string& where);
 
+/// The directory the options read: `path`, or with simulate: true the simulated set's directory
+/// (OUT of simulate_perturbation, which holds truth.json), simulated first if it is missing.
+std::string perturbation_data_directory(const PerturbationDataOptions& options);
+
 /// Train/val/test sets of inputs (N, F) molecule features, basal (N, G), cell_line (N), targets
-/// (N, G) treated expression; sizes input_dim, num_genes, num_cell_lines; cell line names.
+/// (N, G) treated expression, signature_row (N); sizes input_dim, num_genes, num_cell_lines;
+/// cell line names.
 Splits load_perturbation_data(const PerturbationDataOptions& options);
 
 /// Row indices (train, val, test) of `n` samples: fold `fold` of `folds` seeded folds is the
@@ -107,26 +135,13 @@ RowSplit cross_validation_split(int64_t n, int64_t folds, int64_t fold, double v
 /// A user's split file (see split_file) over `n` rows; DataError naming the file and entry.
 RowSplit read_split_file(const std::string& path, int64_t n);
 
-struct SimulationOptions {
-  /// A SMILES file (.smi, rdkit-data's NCI/first_5K.smi by default): compounds are drawn from it.
-  TORCH_ARG(std::string, molecules) = "/usr/share/RDKit/Data/NCI/first_5K.smi";
-  TORCH_ARG(int64_t, cell_lines) = 10;
-  TORCH_ARG(int64_t, genes) = 978;
-  TORCH_ARG(int64_t, samples) = 4000;
-  /// Gene programs: each is switched on by a substructure (a Morgan bit) and moves its genes.
-  TORCH_ARG(int64_t, programs) = 16;
-  /// Genes per program. Default 40.
-  TORCH_ARG(int64_t, genes_per_program) = 40;
-  /// Standard deviation of the measurement noise. Default 0.1.
-  TORCH_ARG(double, noise) = 0.1;
-  TORCH_ARG(uint64_t, seed) = 0;
-};
 
 /// Writes OUT/csv/ and OUT/gctx/ (the same signatures in both layouts) and OUT/truth.json: the
 /// programs (trigger bit, genes, direction), each cell line's program strengths, and each
-/// signature's active programs. The model of the response: treated = basal + dose_effect x
-/// sum over programs the compound triggers of strength[cell, program] x direction on the
-/// program's genes + noise. Returns the table written.
+/// signature's active programs. The model of the response: treated = profile[cell] + log(1 +
+/// dose) / log(11) x sum over programs the compound triggers of strength[cell, program] (U(0.5,
+/// 1.5), or 0 in ~30% of cell lines) x effect[program] (+-U(1, 2.5) on its genes) + N(0,
+/// noise^2); basal = profile[cell] + N(0, (noise / 2)^2). Returns the table written.
 PerturbationTable simulate_perturbation(const SimulationOptions& options, const std::string& out_dir);
 
 }  // namespace moelab::data

@@ -10,7 +10,8 @@
 //   weights: softmax over the k largest logits, zero elsewhere (B, E)
 //   expert(g, gene) = Linear(128 -> 1)(Drop(ReLU(LN(Linear(256 -> 128)(Drop(ReLU(LN(
 //                     Linear(4d -> 256)([g, gene_embedding]))))))))), one value per (sample, gene)
-//   output (B, G) = sum over the sample's k experts of weight x expert output
+//   output (B, G) = sum over the sample's k experts of weight x expert output (+ basal with
+//   `residual: true`, an option beyond the published model: the experts then model the change)
 //   loss = task loss + balance_weight x mean_e (mean_b weights[b, e] - 1/E)^2
 //
 // Two ways to compute what the published code computes by running every expert on every
@@ -68,6 +69,9 @@ struct CheMoEOptions {
   TORCH_ARG(double, balance_weight) = 0.01;
   /// Every expert on every row, as the published code; same output, E/k times the expert work.
   TORCH_ARG(bool, dense_experts) = false;
+  /// Predict the change and add the basal expression (output = basal + experts) instead of the
+  /// treated expression itself (the published model). Default false.
+  TORCH_ARG(bool, residual) = false;
 };
 
 YAML::Node to_yaml(const CheMoEOptions& options);

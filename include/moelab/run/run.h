@@ -70,6 +70,20 @@ nlohmann::json export_checkpoint(const std::string& run_dir_or_checkpoint,
 nlohmann::json export_hugging_face(const std::string& run_dir_or_checkpoint, const std::string& out_dir,
                                    bool prefer_latest = false);
 
+/// A checkpoint's model with its weights, and the run config it was trained with.
+struct LoadedCheckpoint {
+  std::string directory;
+  int64_t step = 0;
+  YAML::Node config;
+  std::shared_ptr<models::Model> model;
+};
+
+/// Loads the checkpoint resolve_checkpoint picks, building the model from the run's config
+/// (with `files` and `overrides` stacked on it); CheckpointError if the weights do not fit.
+LoadedCheckpoint load_checkpoint_model(const std::string& run_dir_or_checkpoint, bool prefer_latest = false,
+                                       const std::vector<std::string>& files = {},
+                                       const std::vector<std::string>& overrides = {});
+
 /// A trained language model and its tokenizer, for generation.
 struct LoadedLanguageModel {
   std::string checkpoint;
