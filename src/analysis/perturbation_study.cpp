@@ -61,6 +61,14 @@ train::Metrics score(const data::DataSource& source, const Predict& predict) {
   return metrics->result();
 }
 
+std::string share_text(const nlohmann::json& shares) {
+  std::string text;
+  for (size_t e = 0; e < shares.size(); ++e) {
+    text += fmt::format("{}E{} {:.0f}%", e ? ", " : "", e, 100 * shares[e].get<double>());
+  }
+  return text;
+}
+
 }  // namespace
 
 nlohmann::json perturbation_baselines(const YAML::Node& config) {
@@ -149,10 +157,15 @@ nlohmann::json analyse_perturbation_run(const std::string& run_dir, const YAML::
                   weight.reshape({-1}), /*accumulate=*/true);
   const at::Tensor per_expert = mass.mm(activity) / mass.sum(1, true).clamp_min(1e-12);
   const at::Tensor overall = activity.mean(0).clamp_min(1e-12);
-  const at::Tensor lift = per_expert / overall.unsqueeze(0);
+  // An expert with under 1% of the gate mass has too few samples for a lift: its row is 0 and
+  // it is left out of the summary.
+  const at::Tensor share = mass.sum(1) / mass.sum().clamp_min(1e-12);
+  const at::Tensor counted = share.ge(0.01).to(at::kDouble).unsqueeze(1);
+  const at::Tensor lift = per_expert / overall.unsqueeze(0) * counted;
   std::vector<std::vector<double>> lifts;
   for (int64_t e = 0; e < experts; ++e) lifts.push_back(train::to_doubles(lift[e]));
   out["program_lift"] = lifts;
+  out["expert_share"] = train::to_doubles(share);
   out["best_lift_mean"] = std::get<0>(lift.max(0)).mean().item<double>();
   return out;
 }
@@ -231,9 +244,10 @@ std::string perturbation_report(const nlohmann::json& study, const std::string& 
               experts, programs, lift);
       sections += fmt::format(
           "<p>Experts and the simulator's gene programs: lift = share of an expert's (gate-weighted) test "
-          "samples in which the program is active / its share over all test samples; 1 = no preference. "
-          "Mean over programs of the best expert's lift: <b>{:.2f}</b>.</p>\n<img src=\"{}\" alt=\"program lift\">\n",
-          p["best_lift_mean"].get<double>(), lift_file);
+          "samples in which the program is active / its share over all test samples; 1 = no preference; "
+          "experts with under 1% of the gate mass are left blank. Mean over programs of the best "
+          "expert's lift: <b>{:.2f}</b>. Gate mass per expert: {}.</p>\n<img src=\"{}\" alt=\"program lift\">\n",
+          p["best_lift_mean"].get<double>(), share_text(p["expert_share"]), lift_file);
     }
   }
   const auto& baselines = study["baselines"];
