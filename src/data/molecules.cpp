@@ -9,23 +9,12 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "internal/on_invalid_yaml.h"
 #include "internal/rdkit_molecules.h"
 #include "moelab/config/fields.h"
 #include "moelab/io/cache.h"
 #include "moelab/io/file.h"
 #include "moelab/util/errors.h"
-
-namespace moelab::config {
-template <>
-struct EnumNames<data::OnInvalid> {
-  static data::OnInvalid parse(const std::string& s) {
-    if (s == "stop") return data::OnInvalid::kStop;
-    if (s == "skip") return data::OnInvalid::kSkip;
-    throw ConfigError("expected stop or skip, got '" + s + "'");
-  }
-  static std::string print(data::OnInvalid v) { return v == data::OnInvalid::kStop ? "stop" : "skip"; }
-};
-}  // namespace moelab::config
 
 namespace moelab::data {
 

@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "internal/gctx.h"
+#include "internal/on_invalid_yaml.h"
 #include "moelab/config/fields.h"
 #include "moelab/io/cache.h"
 #include "moelab/io/file.h"
