@@ -2,7 +2,6 @@
 
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
-#include <torch/nn/modules/dropout.h>
 
 #include "moelab/config/fields.h"
 #include "moelab/data/perturbation.h"
@@ -72,7 +71,7 @@ torch::nn::LayerNorm layer_norm(int64_t width) {
 // Linear(in -> hidden) -> LN -> ReLU -> Dropout -> Linear(hidden -> out) [-> LN]
 torch::nn::Sequential encoder(int64_t in, int64_t hidden, int64_t out, double dropout, bool final_norm) {
   torch::nn::Sequential s(linear(in, hidden), layer_norm(hidden), torch::nn::ReLU(),
-                          torch::nn::Dropout(dropout), linear(hidden, out));
+                          nn::Dropout(dropout), linear(hidden, out));
   if (final_norm) s->push_back(layer_norm(out));
   return s;
 }

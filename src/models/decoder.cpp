@@ -85,7 +85,7 @@ void DecoderBlockImpl::reset() {
   } else {
     ffn = register_module("ffn", nn::FeedForward(ffn_options));
   }
-  dropout = register_module("dropout", torch::nn::Dropout(dropout_rate));
+  dropout = register_module("dropout", nn::Dropout(dropout_rate));
 }
 
 at::Tensor DecoderBlockImpl::forward(const at::Tensor& x, const at::Tensor& mask,
@@ -132,7 +132,7 @@ MoEDecoderImpl::MoEDecoderImpl(MoEDecoderOptions options_) : options(std::move(o
     learned_positions = register_module(
         "positions", nn::LearnedPositions(nn::LearnedPositionsOptions(o.max_length(), d)));
   }
-  dropout = register_module("dropout", torch::nn::Dropout(o.dropout()));
+  dropout = register_module("dropout", nn::Dropout(o.dropout()));
   const nn::NormOptions norm = nn::NormOptions(o.norm(), d).eps(o.norm_eps());
   const nn::MultiheadAttentionOptions attention =
       nn::MultiheadAttentionOptions(d, o.num_heads())

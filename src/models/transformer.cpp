@@ -119,7 +119,7 @@ void PostNormEncoderLayerImpl::reset() {
     fc1 = register_module("fc1", torch::nn::Linear(d_model, d_ff));
     fc2 = register_module("fc2", torch::nn::Linear(d_ff, d_model));
   }
-  dropout = register_module("dropout", torch::nn::Dropout(dropout_rate));
+  dropout = register_module("dropout", nn::Dropout(dropout_rate));
 }
 
 at::Tensor PostNormEncoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& mask,
@@ -165,7 +165,7 @@ TransformerMoEClassifierImpl::TransformerMoEClassifierImpl(TransformerMoEClassif
     learned_positions = register_module(
         "positions", nn::LearnedPositions(nn::LearnedPositionsOptions(o.max_length(), d)));
   }
-  dropout = register_module("dropout", torch::nn::Dropout(o.dropout()));
+  dropout = register_module("dropout", nn::Dropout(o.dropout()));
   nn::MoELayerOptions moe_options = o.moe();
   moe_options.experts().d_ff(ffn_width());
   layers = register_module("layers", torch::nn::ModuleList());

@@ -44,7 +44,7 @@ void MultiheadAttentionImpl::reset() {
   k_proj = projection("k_proj");
   v_proj = projection("v_proj");
   out_proj = projection("out_proj");
-  attention_dropout = register_module("attention_dropout", torch::nn::Dropout(o.dropout()));
+  attention_dropout = register_module("attention_dropout", nn::Dropout(o.dropout()));
 }
 
 at::Tensor MultiheadAttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_mask,

@@ -103,4 +103,10 @@ at::Tensor dropout(const at::Tensor& x, double p, bool training) {
   return SeededDropout::apply(x, p, static_cast<int64_t>(seed)).view(x.sizes());
 }
 
+DropoutImpl::DropoutImpl(double p_) : p(p_) {
+  TORCH_CHECK(p >= 0 && p < 1, "Dropout: p (", p, ") must be in [0, 1)");
+}
+
+void DropoutImpl::pretty_print(std::ostream& stream) const { stream << "moelab::nn::Dropout(p=" << p << ")"; }
+
 }  // namespace moelab::nn

@@ -15,7 +15,6 @@
 #pragma once
 
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
@@ -26,6 +25,7 @@
 #include "moelab/models/model.h"
 #include "moelab/models/registry.h"
 #include "moelab/nn/attention.h"
+#include "moelab/nn/dropout.h"
 #include "moelab/nn/feed_forward.h"
 #include "moelab/nn/norm.h"
 #include "moelab/nn/positional_encoding.h"
@@ -107,7 +107,7 @@ class DecoderBlockImpl : public torch::nn::Cloneable<DecoderBlockImpl> {
   nn::MultiheadAttention attention{nullptr};
   nn::FeedForward ffn{nullptr};  // dense blocks only
   nn::MoELayer moe{nullptr};     // MoE blocks only
-  torch::nn::Dropout dropout{nullptr};
+  nn::Dropout dropout{nullptr};
 };
 TORCH_MODULE(DecoderBlock);
 
@@ -135,7 +135,7 @@ class MoEDecoderImpl : public ModelBase<MoEDecoderImpl> {
   MoEDecoderOptions options;
   torch::nn::Embedding embedding{nullptr};
   nn::LearnedPositions learned_positions{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  nn::Dropout dropout{nullptr};
   torch::nn::ModuleList blocks{nullptr};  // DecoderBlock
   nn::Norm final_norm{nullptr};
   torch::nn::Linear lm_head{nullptr};  // untied only

@@ -14,7 +14,6 @@
 #pragma once
 
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
@@ -24,6 +23,7 @@
 
 #include "moelab/models/model.h"
 #include "moelab/nn/attention.h"
+#include "moelab/nn/dropout.h"
 #include "moelab/nn/positional_encoding.h"
 
 namespace YAML {
@@ -51,7 +51,7 @@ class PostNormEncoderLayerImpl : public torch::nn::Cloneable<PostNormEncoderLaye
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};  // dense layers only
   nn::MoELayer moe{nullptr};                     // MoE layers only
-  torch::nn::Dropout dropout{nullptr};
+  nn::Dropout dropout{nullptr};
 };
 TORCH_MODULE(PostNormEncoderLayer);
 
@@ -116,7 +116,7 @@ class TransformerMoEClassifierImpl : public ModelBase<TransformerMoEClassifierIm
   TransformerMoEClassifierOptions options;
   torch::nn::Linear input{nullptr}, head{nullptr};
   nn::LearnedPositions learned_positions{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  nn::Dropout dropout{nullptr};
   torch::nn::ModuleList layers{nullptr};  // PostNormEncoderLayer
   torch::nn::LayerNorm final_norm{nullptr};
 };

@@ -9,9 +9,10 @@
 #pragma once
 
 #include <torch/nn/cloneable.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+
+#include "moelab/nn/dropout.h"
 
 namespace moelab::nn {
 
@@ -57,7 +58,7 @@ class MultiheadAttentionImpl : public torch::nn::Cloneable<MultiheadAttentionImp
 
   MultiheadAttentionOptions options;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
-  torch::nn::Dropout attention_dropout{nullptr};
+  nn::Dropout attention_dropout{nullptr};
 };
 TORCH_MODULE(MultiheadAttention);
 

@@ -11,6 +11,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
 
 namespace moelab::nn {
 
@@ -20,5 +22,17 @@ at::Tensor dropout(const at::Tensor& x, double p, bool training);
 
 /// The mask alone, (numel) of {0, 1 / (1 - p)} in `dtype`, from `seed` (tests; dropout uses it).
 at::Tensor dropout_mask(int64_t numel, double p, uint64_t seed, at::ScalarType dtype);
+
+/// nn::dropout as a module, in place of torch::nn::Dropout (no parameters: swapping one for the
+/// other leaves checkpoints unchanged).
+class DropoutImpl : public torch::nn::Cloneable<DropoutImpl> {
+ public:
+  explicit DropoutImpl(double p = 0.5);
+  void reset() override {}
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x) { return nn::dropout(x, p, is_training()); }
+  double p;
+};
+TORCH_MODULE(Dropout);
 
 }  // namespace moelab::nn
