@@ -43,7 +43,7 @@ while :; do
   leftover=$(find "$run" -name '*.tmp')
   [ -z "$leftover" ] || fail "kill@$n: left $leftover"
   rm -rf "$run" "$run.log"
-  n=$((n + 17))
+  n=$((n + 23))
 done
 [ $resumed -ge 5 ] || fail "only $resumed of $points kills had a checkpoint to resume from"
 echo "killed at $points points, $resumed resumed to the same weights and metric lines"
