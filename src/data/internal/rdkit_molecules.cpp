@@ -1,7 +1,6 @@
 #include "rdkit_molecules.h"
 
 #include <DataStructs/SparseIntVect.h>
-#include <GraphMol/Descriptors/MolDescriptors.h>
 #include <GraphMol/Fingerprints/MorganFingerprints.h>
 #include <GraphMol/SmilesParse/SmilesParse.h>
 #include <RDGeneral/RDLog.h>
@@ -35,12 +34,6 @@ std::optional<std::vector<uint32_t>> morgan_bit_counts(const std::string& smiles
     repeated.insert(repeated.end(), static_cast<size_t>(count), bit);
   }
   return repeated;
-}
-
-std::optional<double> rdkit_tpsa(const std::string& smiles) {
-  const auto molecule = parse(smiles);
-  if (!molecule) return std::nullopt;
-  return RDKit::Descriptors::calcTPSA(*molecule);
 }
 
 }  // namespace moelab::data::internal

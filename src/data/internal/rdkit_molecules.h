@@ -17,7 +17,4 @@ namespace moelab::data::internal {
 /// `smiles`. RDKit's own error log is silenced: the caller reports the file and line.
 std::optional<std::vector<uint32_t>> morgan_bit_counts(const std::string& smiles, int radius, int bits);
 
-/// RDKit's topological polar surface area (Ertl et al. 2000) of `smiles`, nullopt if invalid.
-std::optional<double> rdkit_tpsa(const std::string& smiles);
-
 }  // namespace moelab::data::internal
