@@ -3,7 +3,7 @@
 # Every process that links LibTorch spends ~1 s in its static initialisers before main, so one
 # process per test case cost the suite minutes; one process per group of up to GROUP_SIZE cases
 # of one suite keeps the failing case named in the output and the groups small enough for
-# `ctest -j` to balance. Inputs: EXECUTABLE, LABEL, GROUP_SIZE, PREFIX.
+# `ctest -j` to balance. Inputs: EXECUTABLE, LABEL (dist for suites named Dist*), GROUP_SIZE, PREFIX.
 if(NOT EXISTS "${EXECUTABLE}")
   add_test(${PREFIX}.NOT_BUILT "${EXECUTABLE}")
   return()
@@ -36,7 +36,14 @@ macro(flush_suite)
         set(name "${suite}[${group}/${groups}]")
       endif()
       add_test("${name}" "${EXECUTABLE}" "--gtest_filter=${filter}")
-      set_tests_properties("${name}" PROPERTIES LABELS "${LABEL}"
+      # Suites named Dist* start processes that talk over Gloo: label dist.
+      # (string(FIND), not MATCHES: a MATCHES here would overwrite the caller's CMAKE_MATCH_1.)
+      set(labels "${LABEL}")
+      string(FIND "${suite}" "Dist" dist_position)
+      if(dist_position EQUAL 0)
+        set(labels "dist")
+      endif()
+      set_tests_properties("${name}" PROPERTIES LABELS "${labels}"
                            FAIL_REGULAR_EXPRESSION "\\[  FAILED  \\]|Running 0 tests from")
       math(EXPR group "${group} + 1")
     endwhile()

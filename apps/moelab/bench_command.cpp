@@ -58,7 +58,7 @@ void bench_train(const BenchTrainArguments& args) {
   const train::StepTimes& t = profile.step;
   const std::vector<std::pair<std::string, double>> parts{
       {"data", t.data},           {"forward", t.forward},     {"backward", t.backward},
-      {"checks", t.checks},       {"optimizer", t.optimizer},
+      {"sync", t.sync},           {"checks", t.checks},       {"optimizer", t.optimizer},
       {"bookkeeping", t.observer + profile.bookkeeping}};
   double total = 0;
   for (const auto& part : parts) total += part.second;

@@ -18,6 +18,15 @@ namespace moelab::app {
 /// What the chosen subcommand will do once parsing has finished and the runtime is set up.
 using Action = std::function<void()>;
 
+/// The process's command line as main received it (a launcher runs it again in more processes).
+const std::vector<std::string>& command_line();
+
+/// Thrown by an action to end the tool with this exit status and no further message (the
+/// message came from elsewhere, e.g. a launched rank).
+struct ExitStatus {
+  int status;
+};
+
 /// The config arguments every config-driven command takes: stacked files, overrides, dump.
 struct ConfigArguments {
   std::vector<std::string> files, overrides;

@@ -28,7 +28,15 @@ std::string first_line(const std::string& message) {
 }
 }  // namespace
 
+namespace moelab::app {
+namespace {
+std::vector<std::string> the_command_line;
+}
+const std::vector<std::string>& command_line() { return the_command_line; }
+}  // namespace moelab::app
+
 int main(int argc, char** argv) {
+  moelab::app::the_command_line.assign(argv, argv + argc);
   // First: it may restart the process on a better OpenBLAS core (util/runtime.h).
   moelab::select_blas_kernel(argv);
   CLI::App app{"moelab: build, train, analyse and run Mixture-of-Experts models"};
@@ -59,6 +67,8 @@ int main(int argc, char** argv) {
                    "Install libopenblas0-openmp.", moelab::blas_library_path());
     }
     if (action) action();
+  } catch (const moelab::app::ExitStatus& e) {
+    return e.status;
   } catch (const moelab::ConfigError& e) {
     std::cerr << "moelab: error: " << first_line(e.what()) << "\n";
     return kExitUsage;

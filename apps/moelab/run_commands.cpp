@@ -2,12 +2,15 @@
 #include <nlohmann/json.hpp>
 
 #include <ctime>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include "commands.h"
 #include "moelab/config/config.h"
 #include "moelab/analysis/study.h"
+#include "moelab/dist/launcher.h"
+#include "moelab/dist/process_group.h"
 #include "moelab/run/run.h"
 #include "moelab/run/run_config.h"
 #include "moelab/train/trainer.h"
@@ -23,9 +26,53 @@ std::string default_run_dir() {
   return std::string("runs/run-") + stamp;
 }
 
+// This process's place among the processes of a run: none (nullptr) when it runs alone; else
+// it joins the others (launched by `--nproc`, torchrun or Slurm: dist/process_group.h).
+std::shared_ptr<dist::ProcessGroupCollective> join_processes(int nproc, double timeout_seconds) {
+  const dist::LaunchEnvironment env = dist::launch_environment();
+  if (nproc > 1 && env.world_size > 1 && nproc != env.world_size) {
+    throw ConfigError("--nproc " + std::to_string(nproc) + ": this process was started by a " +
+                      "launcher with WORLD_SIZE=" + std::to_string(env.world_size) + "; use one or the other");
+  }
+  if (env.world_size <= 1) return nullptr;
+  return std::make_shared<dist::ProcessGroupCollective>(env, timeout_seconds);
+}
+
+// Runs `work` on this rank; a failure leaves its message where the other ranks quote it.
+void as_rank(const std::shared_ptr<dist::ProcessGroupCollective>& processes,
+             const std::function<void()>& work) {
+  try {
+    work();
+  } catch (const std::exception& e) {
+    if (processes) {
+      const std::string what = e.what();
+      processes->report_failure(what.substr(0, what.find('\n')));
+    }
+    throw;
+  }
+}
+
+// `moelab train/resume --nproc N` in the launching process: the same command line in N local
+// processes with the run directory fixed (a default one is named after the clock).
+bool launch_if_asked(int nproc, const std::string& run_dir, bool add_run_dir) {
+  if (nproc <= 1 || dist::launch_environment().world_size > 1) return false;
+  std::vector<std::string> argv = command_line();
+  argv[0] = std::filesystem::read_symlink("/proc/self/exe").string();
+  if (add_run_dir) {
+    argv.push_back("--run-dir");
+    argv.push_back(run_dir);
+  }
+  dist::LocalLaunch launch;
+  launch.nproc = nproc;
+  const int status = dist::launch_local(argv, launch);
+  if (status != 0) throw ExitStatus{status};
+  return true;
+}
+
 // Trains with progress on the console and SIGINT/SIGTERM turned into a clean stop.
-void train_and_report(train::Trainer& trainer, const std::string& run_dir) {
+void train_and_report(train::Trainer& trainer, const std::string& run_dir, bool quiet = false) {
   train::install_stop_signal_handlers();
+  if (quiet) return void(trainer.run());  // a data-parallel rank other than 0
   trainer.set_console(train::console_mode_for_stdout(), std::cout);
   // Parameter groups and frozen parameters are worth a look before a long run.
   const train::OptimizerSetup& optimizer = trainer.optimizer();
@@ -61,39 +108,64 @@ void train_and_report(train::Trainer& trainer, const std::string& run_dir) {
 void register_run_commands(CLI::App& app, Action& action) {
   struct TrainArguments : ConfigArguments {
     std::string run_dir;
+    int nproc = 1;
   };
+  const std::string nproc_help =
+      "Processes on this machine training the run together (data parallel); a launcher's "
+      "RANK/WORLD_SIZE (torchrun, Slurm) does the same across machines";
   auto args = std::make_shared<TrainArguments>();
   CLI::App* train = app.add_subcommand("train", "Train a model described by config files");
   add_config_arguments(*train, *args);
   train->add_option("--run-dir", args->run_dir, "Run directory (default runs/run-<time>)");
+  train->add_option("--nproc", args->nproc, nproc_help)->check(CLI::PositiveNumber);
   train->callback([args, &action] {
     action = [args] {
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
       if (!resolved) return;
       const std::string run_dir = args->run_dir.empty() ? default_run_dir() : args->run_dir;
-      std::unique_ptr<train::Trainer> trainer;
-      try {
-        trainer = run::start_run(*resolved, run_dir);
-      } catch (const ConfigError& e) {  // a size that does not fit names the file that set it
-        throw config::with_origin(e, args->files, args->overrides);
-      }
-      train_and_report(*trainer, run_dir);
+      if (launch_if_asked(args->nproc, run_dir, args->run_dir.empty())) return;
+      const double timeout = train::parse_duration(run::parallel_options(*resolved).timeout(), "parallel.timeout");
+      const auto processes = join_processes(args->nproc, timeout);
+      as_rank(processes, [&] {
+        std::unique_ptr<train::Trainer> trainer;
+        try {
+          trainer = run::start_run(*resolved, run_dir, processes);
+        } catch (const ConfigError& e) {  // a size that does not fit names the file that set it
+          throw config::with_origin(e, args->files, args->overrides);
+        }
+        train_and_report(*trainer, run_dir, processes && processes->rank() != 0);
+      });
     };
   });
 
   struct ResumeArguments {
     std::string run_dir;
     std::vector<std::string> overrides;
+    int nproc = 1;
   };
   auto resume_args = std::make_shared<ResumeArguments>();
   CLI::App* resume = app.add_subcommand("resume", "Continue a run from its newest checkpoint");
   resume->add_option("run_dir", resume_args->run_dir, "The run directory")->required();
   resume->add_option("overrides", resume_args->overrides,
                      "Limits to change, e.g. train.max_steps=400 train.max_time=2h");
+  resume->add_option("--nproc", resume_args->nproc,
+                     nproc_help + "; any number, whatever number of processes wrote the checkpoint")
+      ->check(CLI::PositiveNumber);
   resume->callback([resume_args, &action] {
     action = [resume_args] {
-      auto trainer = run::resume_run(resume_args->run_dir, resume_args->overrides);
-      train_and_report(*trainer, resume_args->run_dir);
+      if (launch_if_asked(resume_args->nproc, resume_args->run_dir, false)) return;
+      double timeout = 60;
+      const std::filesystem::path saved = std::filesystem::path(resume_args->run_dir) / train::kRunConfigFile;
+      if (std::filesystem::exists(saved)) {
+        YAML::Node config = config::load_file(saved.string());
+        for (const auto& assignment : resume_args->overrides) config::apply_override(config, assignment);
+        timeout = train::parse_duration(run::parallel_options(config).timeout(), "parallel.timeout");
+      }
+      const auto processes = join_processes(resume_args->nproc, timeout);
+      as_rank(processes, [&] {
+        auto trainer = run::resume_run(resume_args->run_dir, resume_args->overrides, processes);
+        train_and_report(*trainer, resume_args->run_dir, processes && processes->rank() != 0);
+      });
     };
   });
 

@@ -18,12 +18,16 @@ namespace fs = std::filesystem;
 
 namespace moelab::run {
 
-std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std::string& run_dir) {
-  if (train::holds_run(run_dir)) {  // before the data is loaded: fail fast
+std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std::string& run_dir,
+                                          std::shared_ptr<Collective> collective) {
+  // Before the data is loaded: fail fast (rank 0 alone: the others would see its new run).
+  if ((!collective || collective->rank() == 0) && train::holds_run(run_dir)) {
     throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
                       "' or choose another directory");
   }
-  return std::make_unique<train::Trainer>(assemble_run(resolved), run_dir);
+  train::RunParts parts = assemble_run(resolved);
+  parts.collective = std::move(collective);
+  return std::make_unique<train::Trainer>(std::move(parts), run_dir);
 }
 
 namespace {
@@ -48,15 +52,26 @@ void warn_skipped(const train::CheckpointScan& scan) {
 }  // namespace
 
 std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
-                                           const std::vector<std::string>& overrides) {
+                                           const std::vector<std::string>& overrides,
+                                           std::shared_ptr<Collective> collective) {
   if (!fs::is_directory(run_dir)) throw CheckpointError(run_dir + ": no such run directory");
-  // Leftovers of killed checkpoint writes go first, even when no checkpoint is complete.
-  train::remove_temporary_checkpoints(run_dir);
-  // Damaged checkpoints are moved aside, so their steps are written again.
-  const train::CheckpointScan scan = train::scan_checkpoints(run_dir, /*move_damaged=*/true);
-  warn_skipped(scan);
-  const std::string directory = scan.latest;
-  if (directory.empty()) throw_no_checkpoint(run_dir, "to resume from", scan);
+  std::string directory;
+  const bool first = !collective || collective->rank() == 0;
+  if (first) {
+    // Leftovers of killed checkpoint writes go first, even when no checkpoint is complete.
+    train::remove_temporary_checkpoints(run_dir);
+    // Damaged checkpoints are moved aside, so their steps are written again.
+    const train::CheckpointScan scan = train::scan_checkpoints(run_dir, /*move_damaged=*/true);
+    warn_skipped(scan);
+    directory = scan.latest;
+    if (directory.empty() && !collective) throw_no_checkpoint(run_dir, "to resume from", scan);
+    // The other ranks resume from the checkpoint rank 0 chose (and rank 0 alone tidies up).
+    if (collective) directory = collective->all_gather_text(directory)[0];
+    if (directory.empty()) throw_no_checkpoint(run_dir, "to resume from", scan);
+  } else {
+    directory = collective->all_gather_text("")[0];
+    if (directory.empty()) throw CheckpointError(run_dir + ": no complete checkpoint to resume from (see rank 0)");
+  }
   YAML::Node config = config::load_file(directory + "/" + train::kRunConfigFile);
   const auto& allowed = train::resume_overridable_keys();
   for (const auto& assignment : overrides) {
@@ -69,7 +84,9 @@ std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
     }
     config::apply_override(config, assignment);
   }
-  return train::Trainer::resume(assemble_run(config), run_dir, directory);
+  train::RunParts parts = assemble_run(config);
+  parts.collective = std::move(collective);
+  return train::Trainer::resume(std::move(parts), run_dir, directory);
 }
 
 std::string resolve_checkpoint(const std::string& path, bool prefer_latest) {

@@ -18,7 +18,7 @@ namespace moelab::run {
 
 namespace {
 
-const std::vector<std::string> kSections{"model", "data", "task", "train"};
+const std::vector<std::string> kSections{"model", "data", "task", "train", "parallel"};
 
 // A model or data section without its `name`, which selects the entry rather than setting an
 // option.
@@ -74,6 +74,7 @@ YAML::Node resolve_run_config(const YAML::Node& user) {
   resolved["task"] = YAML::Node(YAML::NodeType::Map);
   resolved["task"]["name"] = task_name;
   resolved["train"] = train::to_yaml(train::TrainOptions());
+  resolved["parallel"] = dist::to_yaml(dist::ParallelOptions());
   config::merge(resolved, user);
 
   for (const auto& item : resolved["task"]) {
@@ -83,6 +84,7 @@ YAML::Node resolve_run_config(const YAML::Node& user) {
   entry.validate(options_section(resolved["model"]), "model");
   data_entry.validate(options_section(resolved["data"]), "data");
   train_options(resolved);
+  parallel_options(resolved);
   return resolved;
 }
 
@@ -96,6 +98,13 @@ data::Splits load_data(const YAML::Node& resolved) {
 
 std::shared_ptr<train::Task> make_task(const YAML::Node& resolved) {
   return train::make_task(resolved["task"]["name"].as<std::string>());
+}
+
+dist::ParallelOptions parallel_options(const YAML::Node& resolved) {
+  dist::ParallelOptions options;
+  if (resolved["parallel"]) dist::from_yaml(resolved["parallel"], options, "parallel");
+  dist::validate(options, "parallel");
+  return options;
 }
 
 train::TrainOptions train_options(const YAML::Node& resolved) {

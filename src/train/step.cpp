@@ -27,6 +27,7 @@ StepTimes& StepTimes::operator+=(const StepTimes& other) {
   data += other.data;
   forward += other.forward;
   backward += other.backward;
+  sync += other.sync;
   checks += other.checks;
   optimizer += other.optimizer;
   observer += other.observer;
@@ -86,6 +87,10 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
       observe({batch, output, detached_sample, detached_task, detached_loss});
     }
     clock.charge(&StepTimes::observer);
+  }
+  if (options.sync) {
+    options.sync->synchronise(model, result);
+    clock.charge(&StepTimes::sync);
   }
   result.finite = result.finite && gradients_are_finite(model);
   if (!result.finite) {

@@ -17,6 +17,7 @@ void visit(V& v, MonitorOptions& o) {
   v.field("min_delta", o.min_delta());
   v.field("patience", o.patience());
   v.field("keep_best", o.keep_best());
+  v.field("restore_best", o.restore_best());
 }
 MOELAB_DEFINE_OPTIONS_YAML(MonitorOptions)
 
@@ -27,6 +28,10 @@ void validate(const MonitorOptions& options, const std::string& where) {
   }
   if (!(options.min_delta() >= 0)) throw ConfigError(where + ".min_delta: must be >= 0");
   if (options.patience() < 0) throw ConfigError(where + ".patience: must be >= 0");
+  if (options.restore_best() && !options.keep_best()) {
+    throw ConfigError(where + ".restore_best: needs keep_best: true (the best weights are read "
+                      "back from the best checkpoint)");
+  }
 }
 
 bool EarlyStopping::update(double value, int64_t step) {

@@ -5,11 +5,16 @@
 #include <cmath>
 
 #include "moelab/config/config.h"
+#include "moelab/train/data_parallel.h"
 #include "moelab/train/language_model_task.h"
 #include "moelab/train/perturbation_task.h"
 #include "moelab/util/errors.h"
 
 namespace moelab::train {
+
+nlohmann::json MetricAccumulator::add_states(const nlohmann::json& a, const nlohmann::json& b) const {
+  return add_json_sums(a, b);
+}
 
 namespace {
 
@@ -134,6 +139,17 @@ class RegressionAccumulator : public MetricAccumulator {
     }
     loss_sum_ = state.at("loss_sum").get<double>();
     samples_ = state.at("samples").get<int64_t>();
+  }
+  nlohmann::json add_states(const nlohmann::json& a, const nlohmann::json& b) const override {
+    nlohmann::json out = a;  // "outputs" is a width, not a sum
+    out["loss_sum"] = a.at("loss_sum").get<double>() + b.at("loss_sum").get<double>();
+    out["samples"] = a.at("samples").get<int64_t>() + b.at("samples").get<int64_t>();
+    if (out["sums"].is_null()) {
+      out["sums"] = b.at("sums");
+    } else if (!b.at("sums").is_null()) {
+      out["sums"]["values"] = add_json_sums(a["sums"]["values"], b["sums"]["values"]);
+    }
+    return out;
   }
 
  private:

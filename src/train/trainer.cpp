@@ -130,12 +130,13 @@ const std::vector<std::string>& resume_overridable_keys() {
   static const std::vector<std::string> keys{
       "train.max_steps",        "train.epochs",   "train.max_time",
       "train.checkpoint_every", "train.checkpoint_every_minutes",
-      "train.keep_last",        "train.monitor.patience"};
+      "train.keep_last",        "train.monitor.patience", "parallel.timeout"};
   return keys;
 }
 
 Trainer::Trainer(RunParts parts, const std::string& run_dir)
     : Trainer(std::move(parts), run_dir, Resumed{}) {
+  if (!writes()) return;
   if (holds_run(run_dir)) {
     throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
                       "' or choose another directory");
@@ -154,7 +155,8 @@ Trainer::Trainer(RunParts parts, const std::string& run_dir, Resumed)
       options_(std::move(parts.options)),
       model_(std::move(parts.model)),
       task_(std::move(parts.task)),
-      data_(std::move(parts.data)) {
+      data_(std::move(parts.data)),
+      collective_(std::move(parts.collective)) {
   TORCH_INTERNAL_ASSERT(model_ && task_ && data_.train, "Trainer: incomplete RunParts");
   validate(options_);
   precision_ = parse_precision(options_.precision(), "train.precision");
@@ -185,6 +187,16 @@ Trainer::Trainer(RunParts parts, const std::string& run_dir, Resumed)
   } else {
     total_steps_ = options_.max_steps();
   }
+  if (collective_ && collective_->world_size() > 1) {
+    if (options_.batch_size() < collective_->world_size()) {
+      throw ConfigError("train.batch_size (" + std::to_string(options_.batch_size()) +
+                        ") must be at least the number of processes (" +
+                        std::to_string(collective_->world_size()) + "): each computes a shard of every batch");
+    }
+    sync_ = std::make_unique<DataParallelSync>(*collective_, options_.batch_size());
+  } else {
+    collective_ = nullptr;  // one process: nothing to exchange
+  }
   optimizer_ = build_optimizer(*model_, options_.optimizer());
   epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, train_size);
 }
@@ -200,7 +212,41 @@ bool Trainer::epoch_exhausted() const {
   return cursor_ + options_.batch_size() > data_.train->size();
 }
 
+void Trainer::gather_sums() {
+  if (!collective_) return;
+  auto tally_states = [](const std::vector<ExpertTally>& tallies) {
+    nlohmann::json states = nlohmann::json::array();
+    for (const auto& tally : tallies) states.push_back(tally.state());
+    return states;
+  };
+  const nlohmann::json mine{{"metrics", interval_.metrics->state()},
+                            {"interval", tally_states(interval_tally_)},
+                            {"epoch", tally_states(epoch_tally_)}};
+  const std::vector<std::string> texts = collective_->all_gather_text(mine.dump());
+  if (collective_->rank() != 0) {
+    interval_.metrics = task_->accumulator();
+    for (auto& tally : interval_tally_) tally.clear();
+    for (auto& tally : epoch_tally_) tally.clear();
+    return;
+  }
+  nlohmann::json metrics = nullptr, interval = nlohmann::json::array(), epoch = nlohmann::json::array();
+  for (const auto& text : texts) {
+    const nlohmann::json theirs = nlohmann::json::parse(text);
+    metrics = metrics.is_null() ? theirs["metrics"] : interval_.metrics->add_states(metrics, theirs["metrics"]);
+    interval = add_json_sums(interval, theirs["interval"]);
+    epoch = add_json_sums(epoch, theirs["epoch"]);
+  }
+  interval_.metrics->load_state(metrics);
+  auto load_tallies = [](std::vector<ExpertTally>& tallies, const nlohmann::json& states) {
+    tallies.resize(std::max(tallies.size(), states.size()));
+    for (size_t l = 0; l < states.size(); ++l) tallies[l].load_state(states[l]);
+  };
+  load_tallies(interval_tally_, interval);
+  load_tallies(epoch_tally_, epoch);
+}
+
 void Trainer::write_epoch_line() {
+  gather_sums();
   bool any = false;
   for (const auto& tally : epoch_tally_) any = any || !tally.empty();
   if (!any) return;
@@ -220,8 +266,12 @@ data::Batch Trainer::next_batch() {
     cursor_ = 0;
     epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, data_.train->size());
   }
-  const at::Tensor rows = epoch_order_.narrow(0, cursor_, options_.batch_size());
+  at::Tensor rows = epoch_order_.narrow(0, cursor_, options_.batch_size());
   cursor_ += options_.batch_size();
+  if (collective_) {  // this rank's shard of the global batch
+    const Shard shard = shard_of(options_.batch_size(), collective_->rank(), collective_->world_size());
+    rows = rows.narrow(0, shard.begin, shard.size());
+  }
   data::Batch batch = data_.train->rows(rows);
   return data_.augment ? data_.augment(std::move(batch)) : batch;
 }
@@ -230,7 +280,9 @@ double Trainer::seconds_trained() const {
   return seconds_before_ + std::chrono::duration<double>(Clock::now() - process_start_).count();
 }
 
-void Trainer::append_metrics(const nlohmann::json& line) { train::append_metrics(run_dir_, line); }
+void Trainer::append_metrics(const nlohmann::json& line) {
+  if (writes()) train::append_metrics(run_dir_, line);
+}
 
 TrainSummary Trainer::run(int64_t stop_at_step) {
   const int64_t last = stop_at_step > 0 ? std::min(stop_at_step, total_steps_) : total_steps_;
@@ -245,6 +297,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
   process_start_ = Clock::now();
   const int64_t first_step = step_;
   auto interval_start = Clock::now(), last_checkpoint_time = Clock::now(), last_draw = Clock::now();
+  double interval_sync_seconds = sync_ ? sync_->seconds() : 0.0;
 
   auto say = [&](const std::string& line) {
     if (console_mode_ == ConsoleMode::kSilent) return;
@@ -271,6 +324,23 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
   } else if (max_seconds > 0 && seconds_before_ >= max_seconds) {
     stop = StopReason::kTimeLimit;
   }
+  // Decisions taken by one process's clock or signals are taken by all ranks together, at the
+  // same step: a signal, the time limit or a timed checkpoint seen by any rank holds for all.
+  bool checkpoint_due = false;
+  const auto agreed_stop = [&](bool signal, bool out_of_time) {
+    checkpoint_due = checkpoint_seconds > 0 &&
+                     std::chrono::duration<double>(Clock::now() - last_checkpoint_time).count() >=
+                         checkpoint_seconds;
+    if (collective_) {
+      std::vector<at::Tensor> flags{at::tensor(
+          {signal ? 1.0 : 0.0, out_of_time ? 1.0 : 0.0, checkpoint_due ? 1.0 : 0.0}, at::kDouble)};
+      collective_->all_reduce_sum(flags);
+      signal = flags[0][0].item<double>() > 0;
+      out_of_time = flags[0][1].item<double>() > 0;
+      checkpoint_due = flags[0][2].item<double>() > 0;
+    }
+    return out_of_time ? StopReason::kTimeLimit : signal ? StopReason::kSignal : StopReason::kCompleted;
+  };
   const auto seconds_since = [](Clock::time_point start) {
     return std::chrono::duration<double>(Clock::now() - start).count();
   };
@@ -289,6 +359,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     step_options.precision = precision_;
     step_options.routing_bias_scale = lr / options_.optimizer().lr();
     step_options.times = profile_ ? &step_times : nullptr;
+    step_options.sync = sync_.get();
     const StepResult step = train_step(
         *model_, *optimizer_.optimizer, *task_, [this] { return next_batch(); }, step_options,
         [&](const MicroBatch& micro) {
@@ -323,7 +394,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
             std::to_string(step_) + "); the state is saved in " + last_checkpoint_ +
             ". HINT: lower train.optimizer.lr, set train.clip_grad_norm, or check the data");
       }
-      if (stop_requested()) {
+      if (agreed_stop(stop_requested(), false) == StopReason::kSignal) {
         stop = StopReason::kSignal;
         save_checkpoint();
         break;
@@ -337,6 +408,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     if (epoch_exhausted()) write_epoch_line();
 
     if (step_ % options_.log_every() == 0 || step_ == last) {
+      gather_sums();
       const double seconds = std::chrono::duration<double>(Clock::now() - interval_start).count();
       const double micro_batches = static_cast<double>(interval_.steps * options_.grad_accumulation());
       summary.final_train_loss = interval_.loss / micro_batches;
@@ -353,6 +425,22 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
                           {"skipped_steps", nonfinite_total_},
                           {"samples_per_s", samples_per_s},
                           {"moe_layers", routing_json(routing, interval_tally_)}};
+      if (collective_) {
+        // The last micro-batch's routing, averaged over the ranks' shards.
+        nlohmann::json layers = routing_json(routing, {}), sum = nullptr;
+        for (const auto& text : collective_->all_gather_text(layers.dump())) {
+          sum = add_json_sums(sum, nlohmann::json::parse(text));
+        }
+        for (size_t l = 0; l < layers.size(); ++l) {
+          for (auto& [name, value] : sum[l].items()) {
+            line["moe_layers"][l][name] = scale_json(value, 1.0 / collective_->world_size());
+          }
+        }
+        line["processes"] = collective_->world_size();
+        line["sync_ms_per_step"] = 1e3 * (sync_->seconds() - interval_sync_seconds) / interval_.steps;
+        line["sync_share"] = (sync_->seconds() - interval_sync_seconds) / std::max(seconds, 1e-9);
+        interval_sync_seconds = sync_->seconds();
+      }
       std::string shown;  // the task's metrics besides the loss, for the console
       for (const auto& [name, value] : train_metrics.values) {
         if (name == "loss") continue;
@@ -408,19 +496,11 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
       }
     }
 
-    if (early_stopping_.should_stop()) {
-      stop = StopReason::kEarlyStopping;
-    } else if (max_seconds > 0 && seconds_trained() >= max_seconds) {
-      stop = StopReason::kTimeLimit;
-    } else if (stop_requested()) {
-      stop = StopReason::kSignal;
-    }
+    stop = agreed_stop(stop_requested(), max_seconds > 0 && seconds_trained() >= max_seconds);
+    if (early_stopping_.should_stop()) stop = StopReason::kEarlyStopping;  // alike on every rank
     const bool checkpoint_now =
         (options_.checkpoint_every() > 0 && step_ % options_.checkpoint_every() == 0) ||
-        step_ == last || stop != StopReason::kCompleted ||
-        (checkpoint_seconds > 0 &&
-         std::chrono::duration<double>(Clock::now() - last_checkpoint_time).count() >=
-             checkpoint_seconds);
+        step_ == last || stop != StopReason::kCompleted || checkpoint_due;
     if (checkpoint_now) {
       const auto checkpoint_start = Clock::now();
       save_checkpoint();
@@ -452,6 +532,13 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     const bool has_test = data::size_of(data_.test) > 0;
     const std::shared_ptr<data::DataSource>& set = has_test ? data_.test : data_.val;
     if (data::size_of(set) > 0) {
+      // The best evaluation's weights, read back from its checkpoint (kept by keep_best).
+      int64_t weights_step = step_;
+      if (monitor_.restore_best() && early_stopping_.has_best() &&
+          early_stopping_.best_step() != step_) {
+        weights_step = early_stopping_.best_step();
+        load_module_weights(*model_, checkpoint_path(run_dir_, weights_step) + "/model.safetensors");
+      }
       const Evaluation test = evaluate(*model_, *set, *task_, eval_batch, precision_,
                                        static_cast<int64_t>(data_.class_names.size()));
       model_->train();
@@ -471,12 +558,14 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
       nlohmann::json line{{"kind", "test"},
                           {"step", step_},
                           {"split", has_test ? "test" : "val"},
+                          {"weights_step", weights_step},
                           {"samples", test.samples()},
                           {"class_names", data_.class_names},
                           {"moe_layers", layers}};
       add_metrics(line, "", test.metrics);
       append_metrics(line);
-      say(fmt::format("{} split: {}", has_test ? "test" : "val",
+      say(fmt::format("{} split{}: {}", has_test ? "test" : "val",
+                      weights_step != step_ ? fmt::format(" (best weights, step {})", weights_step) : "",
                       format_metrics(*task_, test.metrics, "")));
       summary.tested = true;
       summary.test = test.metrics;
@@ -493,8 +582,9 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
 
 void Trainer::save_checkpoint() {
   const fs::path directory = checkpoint_path(run_dir_, step_);
+  gather_sums();  // the checkpoint holds every rank's sums
   last_checkpoint_ = directory.string();
-  if (fs::exists(directory)) return;  // this step is saved already
+  if (!writes() || fs::exists(directory)) return;  // rank 0 writes; or this step is saved already
   FileWriters files{
       {"model.safetensors", [&](const std::string& p) { save_module_weights(*model_, p); }},
       {"optimizer.pt",
@@ -576,6 +666,11 @@ void Trainer::load_checkpoint(const std::string& directory) {
       interval_tally_.back().load_state(state);
     }
   }
+  if (!writes()) {  // the saved sums are every rank's: rank 0 carries them on
+    interval_.metrics = task_->accumulator();
+    for (auto& tally : interval_tally_) tally.clear();
+    for (auto& tally : epoch_tally_) tally.clear();
+  }
   epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, data_.train->size());
   load_module_weights(*model_, directory + "/model.safetensors");
   torch::serialize::InputArchive archive;
@@ -593,6 +688,7 @@ std::unique_ptr<Trainer> Trainer::resume(RunParts parts, const std::string& run_
                               YAML::Dump(config::load_file(checkpoint + "/" + kRunConfigFile));
   std::unique_ptr<Trainer> trainer(new Trainer(std::move(parts), run_dir, Resumed{}));
   trainer->load_checkpoint(checkpoint);
+  if (!trainer->writes()) return trainer;
   if (config_changed) {
     io::write_file_atomic((fs::path(run_dir) / kRunConfigFile).string(),
                           YAML::Dump(trainer->config_) + "\n");

@@ -245,6 +245,37 @@ TEST_F(TrainerTest, KeepsTheLastKPlusTheBest) {
   EXPECT_EQ(names, (std::vector<std::string>{"step-00000005", "step-00000015", "step-00000020"}));
 }
 
+TEST_F(TrainerTest, RestoreBestScoresTheTestSplitWithTheBestWeights) {
+  YAML::Node config = tiny_config(20);
+  config["train"]["eval_every"] = 5;
+  config["train"]["monitor"]["min_delta"] = 100.0;  // step 5 stays the best
+  config["train"]["monitor"]["restore_best"] = true;
+  const TrainSummary summary = moelab::run::start_run(config, dir("run"))->run();
+  EXPECT_EQ(summary.steps, 20);
+  const auto tests = lines_of_kind(dir("run"), "test");
+  ASSERT_EQ(tests.size(), 1u);
+  EXPECT_EQ(tests[0]["step"], 20);
+  EXPECT_EQ(tests[0]["weights_step"], 5);
+  // The same numbers as scoring the step-5 checkpoint on its own; not the last step's.
+  const auto best = moelab::run::evaluate_checkpoint(dir("run") + "/checkpoints/step-00000005", {}, {});
+  const auto last = moelab::run::evaluate_checkpoint(dir("run") + "/checkpoints/step-00000020", {}, {});
+  EXPECT_EQ(tests[0]["loss"].get<double>(), best.result.metrics.values.at("loss"));
+  EXPECT_NE(tests[0]["loss"].get<double>(), last.result.metrics.values.at("loss"));
+
+  config["train"]["monitor"]["keep_best"] = false;
+  EXPECT_THROW(
+      {
+        try {
+          moelab::run::start_run(config, dir("refused"));
+        } catch (const moelab::ConfigError& e) {
+          EXPECT_NE(std::string(e.what()).find("train.monitor.restore_best: needs keep_best"), std::string::npos)
+              << e.what();
+          throw;
+        }
+      },
+      moelab::ConfigError);
+}
+
 TEST_F(TrainerTest, TimeLimitStopsWithACheckpointAndResumeFinishesExactly) {
   {
     auto straight_run = moelab::run::start_run(tiny_config(30), dir("straight"));

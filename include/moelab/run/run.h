@@ -33,12 +33,18 @@ inline constexpr const char* kExportFormat = "moelab-export";
 inline constexpr int kExportFormatVersion = 2;
 
 /// A new run in `run_dir` from a resolved config; ConfigError if the directory holds a run.
-std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std::string& run_dir);
+/// With a `collective` of several processes, every rank calls it and trains its data-parallel
+/// share (rank 0 writes the run directory).
+std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std::string& run_dir,
+                                          std::shared_ptr<Collective> collective = nullptr);
 
 /// Continues the run in `run_dir` from its newest valid checkpoint. `overrides` (key=value)
-/// may change only train::resume_overridable_keys(), e.g. train.max_steps=400.
+/// may change only train::resume_overridable_keys(), e.g. train.max_steps=400. With a
+/// `collective`, rank 0 picks the checkpoint and every rank resumes from it, whatever number
+/// of processes wrote it.
 std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
-                                           const std::vector<std::string>& overrides = {});
+                                           const std::vector<std::string>& overrides = {},
+                                           std::shared_ptr<Collective> collective = nullptr);
 
 /// A checkpoint directory given as itself; a run directory as its best checkpoint (if kept) or,
 /// with `prefer_latest` or without a best one, its newest. CheckpointError if there is none.

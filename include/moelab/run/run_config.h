@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "moelab/data/dataset.h"
+#include "moelab/dist/process_group.h"
 #include "moelab/models/model.h"
 #include "moelab/train/task.h"
 #include "moelab/train/trainer.h"
@@ -51,6 +52,8 @@ std::shared_ptr<train::Task> make_task(const YAML::Node& resolved);
 
 /// The train section of a resolved config as Options.
 train::TrainOptions train_options(const YAML::Node& resolved);
+/// The parallel section's options, validated (ConfigError naming the key).
+dist::ParallelOptions parallel_options(const YAML::Node& resolved);
 
 /// Everything a Trainer needs, from a resolved config: the global generator seeded with
 /// train.seed, then the model built, the data loaded, the task made.

@@ -27,11 +27,23 @@ struct StepTimes {
   double data = 0;       // next_batch
   double forward = 0;    // the model's forward pass and the loss
   double backward = 0;
+  double sync = 0;       // the gradient exchange between ranks (data parallelism)
   double checks = 0;     // the finite check of every gradient and the norm clipping
   double optimizer = 0;  // the update, and the routing-bias update of aux-free routers
   double observer = 0;   // the caller's bookkeeping per micro-batch, and reading the losses
-  double total() const { return data + forward + backward + checks + optimizer + observer; }
+  double total() const { return data + forward + backward + sync + checks + optimizer + observer; }
   StepTimes& operator+=(const StepTimes& other);
+};
+
+struct StepResult;
+
+/// What a step does between the last micro-batch's backward pass and the finite check when
+/// several processes train one model (train/data_parallel.h): make every rank's gradients, finite
+/// flag and loss sums those of the global batch.
+class GradientSync {
+ public:
+  virtual ~GradientSync() = default;
+  virtual void synchronise(torch::nn::Module& model, StepResult& result) = 0;
 };
 
 struct StepOptions {
@@ -44,6 +56,8 @@ struct StepOptions {
   double routing_bias_scale = 1.0;
   /// Where to add the time of each part; nullptr (the default) times nothing.
   StepTimes* times = nullptr;
+  /// Data parallelism's gradient exchange; nullptr (the default) in one process.
+  GradientSync* sync = nullptr;
 };
 
 /// One micro-batch as the step saw it, for the caller's bookkeeping (metrics, routing tallies).

@@ -28,6 +28,9 @@ struct MonitorOptions {
   TORCH_ARG(int64_t, patience) = 0;
   /// Keep the best checkpoint besides the last keep_last. Default true.
   TORCH_ARG(bool, keep_best) = true;
+  /// Score the test split with the best evaluation's weights instead of the last step's (the
+  /// test line's weights_step says which); needs keep_best. Default false.
+  TORCH_ARG(bool, restore_best) = false;
 };
 
 YAML::Node to_yaml(const MonitorOptions& options);

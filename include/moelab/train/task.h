@@ -49,6 +49,9 @@ class MetricAccumulator {
   /// the same as an uninterrupted run's); load_state restores them.
   virtual nlohmann::json state() const = 0;
   virtual void load_state(const nlohmann::json& state) = 0;
+  /// Two states of this kind added (data parallelism adds every rank's): by default every
+  /// number adds (add_json_sums in data_parallel.h); a state holding other numbers overrides it.
+  virtual nlohmann::json add_states(const nlohmann::json& a, const nlohmann::json& b) const;
 };
 
 class Task {

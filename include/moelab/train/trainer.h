@@ -32,6 +32,7 @@
 
 #include "moelab/data/dataset.h"
 #include "moelab/models/model.h"
+#include "moelab/train/data_parallel.h"
 #include "moelab/train/optimizer.h"
 #include "moelab/train/progress.h"
 #include "moelab/train/routing_stats.h"
@@ -40,6 +41,7 @@
 #include "moelab/train/step.h"
 #include "moelab/train/stopping.h"
 #include "moelab/train/task.h"
+#include "moelab/util/collective.h"
 #include "moelab/util/runtime.h"
 
 namespace moelab::train {
@@ -101,6 +103,9 @@ struct RunParts {
   std::shared_ptr<models::Model> model;
   data::Splits data;
   std::shared_ptr<Task> task;
+  /// The processes that train this model together (data parallel); null: this process alone.
+  /// Rank 0 alone writes the run directory; every rank reads it on resume.
+  std::shared_ptr<Collective> collective;
 };
 
 enum class StopReason { kCompleted, kEarlyStopping, kTimeLimit, kSignal };
@@ -174,6 +179,10 @@ class Trainer {
   void save_checkpoint();
   void load_checkpoint(const std::string& directory);
   void append_metrics(const nlohmann::json& line);
+  // Data parallel: every rank's log-interval and epoch sums added into rank 0's (the others
+  // start over), so its lines and checkpoints hold the global batch's numbers.
+  void gather_sums();
+  bool writes() const { return !collective_ || collective_->rank() == 0; }
   double seconds_trained() const;
 
   YAML::Node config_;
@@ -184,6 +193,8 @@ class Trainer {
   std::shared_ptr<Task> task_;
   OptimizerSetup optimizer_;
   data::Splits data_;
+  std::shared_ptr<Collective> collective_;
+  std::unique_ptr<DataParallelSync> sync_;
   int64_t total_steps_ = 0;
   int64_t step_ = 0, epoch_ = 0, cursor_ = 0;
   int64_t nonfinite_in_a_row_ = 0, nonfinite_total_ = 0;

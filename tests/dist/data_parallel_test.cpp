@@ -1,0 +1,243 @@
+// Data-parallel training over Gloo between real processes (label dist): N ranks give the
+// weights one process gives on the same global batches, every rank holds identical weights, a
+// checkpoint written by N ranks resumes on M, and a rank killed with SIGKILL stops the others
+// with a message naming it while the last checkpoint stays intact.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include "moelab/dist/process_group.h"
+#include "moelab/io/safetensors.h"
+#include "moelab/run/run.h"
+#include "moelab/run/run_config.h"
+#include "moelab/train/checkpoint.h"
+#include "moelab/train/data_parallel.h"
+#include "moelab/train/run_directory.h"
+#include "moelab/train/trainer.h"
+#include "support/fixtures.h"
+#include "support/workers.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A small MoE classifier whose steps do not depend on how the batch is split: a deterministic
+// router and no aux loss (a load-balancing loss is computed per rank, as in Megatron-Core),
+// with AdamW, gradient accumulation, clipping and a 31-sample batch (shards of 15 and 16).
+YAML::Node dist_tiny_config(int64_t max_steps) {
+  return moelab::run::resolve_run_config(
+      {}, {"model.input_dim=8", "model.num_classes=3", "model.num_layers=2", "model.moe.d_model=16",
+           "model.moe.d_ff=32", "model.moe.num_experts=4", "model.moe.router.kind=top_k",
+           "model.moe.router.top_k=2", "data.num_samples=600", "data.input_dim=8",
+           "data.num_classes=3", "data.num_clusters=6", "data.cluster_std=2.0",
+           "train.max_steps=" + std::to_string(max_steps), "train.batch_size=31",
+           "train.grad_accumulation=2", "train.clip_grad_norm=1.0", "train.log_every=5",
+           "train.eval_every=10", "train.checkpoint_every=10", "train.schedule.kind=cosine",
+           "train.schedule.warmup_steps=3", "train.optimizer.lr=0.01"});
+}
+
+std::map<std::string, at::Tensor> weights_of(const std::string& safetensors) {
+  return moelab::io::load_safetensors(safetensors).tensors;
+}
+
+void expect_close_weights(const std::map<std::string, at::Tensor>& a,
+                          const std::map<std::string, at::Tensor>& b, double tolerance) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, tensor] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_TRUE(at::allclose(tensor, b.at(name), tolerance, tolerance))
+        << name << ": max difference " << (tensor - b.at(name)).abs().max().item<double>();
+  }
+}
+
+void expect_equal_weights(const std::map<std::string, at::Tensor>& a,
+                          const std::map<std::string, at::Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, tensor] : a) EXPECT_TRUE(at::equal(tensor, b.at(name))) << name;
+}
+
+}  // namespace
+
+// One rank of a data-parallel 20-step run: MOELAB_TEST_DIR/run, MOELAB_TEST_MODE start or
+// resume, MOELAB_TEST_STOP_AT=S stops at step S (a checkpoint); writes its final weights to
+// MOELAB_TEST_DIR/rank-R.safetensors. MOELAB_TEST_KILL_AT=S: rank 1 kills itself with SIGKILL
+// after step S.
+MOELAB_TEST_WORKER(data_parallel_rank) {
+  using namespace moelab;
+  const std::string dir = moelab::testing::env_or_empty("MOELAB_TEST_DIR");
+  const std::string stop_at = moelab::testing::env_or_empty("MOELAB_TEST_STOP_AT");
+  const std::string kill_at = moelab::testing::env_or_empty("MOELAB_TEST_KILL_AT");
+  auto processes = std::make_shared<dist::ProcessGroupCollective>(dist::launch_environment(), 20.0);
+  std::unique_ptr<train::Trainer> trainer =
+      moelab::testing::env_or_empty("MOELAB_TEST_MODE") == "resume"
+          ? run::resume_run(dir + "/run", {}, processes)
+          : run::start_run(dist_tiny_config(20), dir + "/run", processes);
+  if (!kill_at.empty()) {
+    trainer->run(std::stoll(kill_at));
+    if (processes->rank() == 1) std::raise(SIGKILL);
+  }
+  trainer->run(stop_at.empty() ? 0 : std::stoll(stop_at));
+  train::save_module_weights(trainer->model(),
+                             dir + "/rank-" + std::to_string(processes->rank()) + ".safetensors");
+  return 0;
+}
+
+class DistDataParallelTest : public moelab::testing::TempDirTest {
+ protected:
+  moelab::testing::WorkerRun launch(int nproc, const std::string& mode, int64_t stop_at = 0,
+                                    const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> env{"MOELAB_TEST_DIR=" + root_.string(), "MOELAB_TEST_MODE=" + mode};
+    if (stop_at > 0) env.push_back("MOELAB_TEST_STOP_AT=" + std::to_string(stop_at));
+    env.insert(env.end(), extra.begin(), extra.end());
+    return moelab::testing::launch_workers("data_parallel_rank", nproc, env);
+  }
+  std::string rank_weights(int rank) const { return path("rank-" + std::to_string(rank) + ".safetensors"); }
+};
+
+TEST(DistShardTest, ShardsCoverTheBatchInRankOrder) {
+  using moelab::train::shard_of;
+  EXPECT_EQ(shard_of(31, 0, 2).begin, 0);
+  EXPECT_EQ(shard_of(31, 0, 2).end, 15);
+  EXPECT_EQ(shard_of(31, 1, 2).begin, 15);
+  EXPECT_EQ(shard_of(31, 1, 2).end, 31);
+  int64_t covered = 0;
+  for (int r = 0; r < 4; ++r) {
+    const auto s = shard_of(10, r, 4);
+    EXPECT_EQ(s.begin, covered);
+    EXPECT_TRUE(s.size() == 2 || s.size() == 3);
+    covered = s.end;
+  }
+  EXPECT_EQ(covered, 10);
+}
+
+TEST(DistShardTest, AddsJsonSums) {
+  using moelab::train::add_json_sums;
+  const auto a = nlohmann::json::parse(R"({"n": 2, "x": [1.5, null], "cells": {"0": [1, 2]}})");
+  const auto b = nlohmann::json::parse(R"({"n": 3, "x": [0.5, 4.0], "cells": {"1": [5, 6]}})");
+  EXPECT_EQ(add_json_sums(a, b),
+            nlohmann::json::parse(R"({"n": 5, "x": [2.0, 4.0], "cells": {"0": [1, 2], "1": [5, 6]}})"));
+  EXPECT_EQ(add_json_sums(nullptr, b), b);
+  EXPECT_EQ(add_json_sums(nlohmann::json::array(), b), b);
+  EXPECT_THROW(add_json_sums(nlohmann::json::parse("[1]"), nlohmann::json::parse("[1, 2]")), c10::Error);
+}
+
+TEST_F(DistDataParallelTest, TwoRanksGiveOneProcesssWeightsAndResumeOnAnyNumberOfRanks) {
+  // One process, 20 steps.
+  moelab::run::start_run(dist_tiny_config(20), path("single"))->run();
+  const auto single = weights_of(path("single/checkpoints/step-00000020/model.safetensors"));
+
+  // Two ranks, 20 steps: the same weights to float tolerance, identical on both ranks.
+  auto two = launch(2, "start");
+  ASSERT_EQ(two.status, 0) << two.output;
+  expect_equal_weights(weights_of(rank_weights(0)), weights_of(rank_weights(1)));
+  expect_close_weights(single, weights_of(rank_weights(0)), 1e-5);
+  const auto straight = weights_of(path("run/checkpoints/step-00000020/model.safetensors"));
+  expect_equal_weights(straight, weights_of(rank_weights(0)));
+  // Rank 0 alone wrote the run; its lines hold the global batch's numbers.
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(path("run/metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  std::vector<nlohmann::json> single_lines;
+  std::ifstream single_in(path("single/metrics.jsonl"));
+  for (std::string line; std::getline(single_in, line);) single_lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), single_lines.size());
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i]["kind"] != "train") continue;
+    EXPECT_EQ(lines[i]["processes"], 2);
+    EXPECT_NEAR(lines[i]["loss"].get<double>(), single_lines[i]["loss"].get<double>(), 1e-5);
+    // Counted over both shards (a flipped prediction moves it by 1/310).
+    EXPECT_NEAR(lines[i]["accuracy"].get<double>(), single_lines[i]["accuracy"].get<double>(), 0.01);
+    const auto& losses = lines[i]["moe_layers"][0]["expert_loss"];
+    const auto& single_losses = single_lines[i]["moe_layers"][0]["expert_loss"];
+    ASSERT_EQ(losses.size(), single_losses.size());
+    for (size_t e = 0; e < losses.size(); ++e) {
+      EXPECT_EQ(losses[e].is_null(), single_losses[e].is_null());
+      if (losses[e].is_number()) EXPECT_NEAR(losses[e].get<double>(), single_losses[e].get<double>(), 1e-4);
+    }
+  }
+
+  // 2 ranks to step 10, then 2 ranks on: bitwise the straight run.
+  fs::rename(path("run"), path("straight"));
+  auto first = launch(2, "start", 10);
+  ASSERT_EQ(first.status, 0) << first.output;
+  fs::copy(path("run"), path("run_for_one"), fs::copy_options::recursive);
+  auto second = launch(2, "resume");
+  ASSERT_EQ(second.status, 0) << second.output;
+  expect_equal_weights(straight, weights_of(path("run/checkpoints/step-00000020/model.safetensors")));
+
+  // The same 2-rank checkpoint resumed by one process, and a 1-process checkpoint by 4 ranks.
+  const auto one = moelab::run::resume_run(path("run_for_one"))->run();
+  EXPECT_EQ(one.steps, 20);
+  expect_close_weights(single, weights_of(path("run_for_one/checkpoints/step-00000020/model.safetensors")), 1e-5);
+  fs::remove_all(path("run"));
+  moelab::run::start_run(dist_tiny_config(20), path("run"))->run(10);
+  auto four = launch(4, "resume");
+  ASSERT_EQ(four.status, 0) << four.output;
+  expect_close_weights(single, weights_of(rank_weights(3)), 1e-5);
+}
+
+TEST_F(DistDataParallelTest, AKilledRankStopsTheOthersNamingItAndTheCheckpointResumes) {
+  auto run = launch(2, "start", 0, {"MOELAB_TEST_KILL_AT=10"});
+  EXPECT_NE(run.status, 0);
+  EXPECT_NE(run.output.find("rank 1 exited with status 137"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("lost rank 1"), std::string::npos) << run.output;
+  // Rank 0 checkpointed step 10 before the kill; it reads back whole and the run goes on.
+  const std::string latest = moelab::train::latest_checkpoint(path("run"));
+  EXPECT_EQ(fs::path(latest).filename(), "step-00000010");
+  moelab::train::verify_checkpoint(latest);
+  EXPECT_EQ(moelab::run::resume_run(path("run"))->run().steps, 20);
+}
+
+// Each rank checks the collectives' results against what it computes by itself.
+MOELAB_TEST_WORKER(collective_operations) {
+  using namespace moelab;
+  dist::ProcessGroupCollective group(dist::launch_environment(), 20.0);
+  const int r = group.rank(), n = group.world_size();
+  int failures = 0;
+  auto check = [&](bool ok, const std::string& what) {
+    if (!ok) {
+      std::cerr << "rank " << r << ": " << what << "\n";
+      ++failures;
+    }
+  };
+  // Sums: a large float tensor (several Gloo chunks) and a small double one, concurrently.
+  std::vector<at::Tensor> tensors{at::arange(100000, at::kFloat) * (r + 1), at::full({3}, 0.5 * r, at::kDouble)};
+  group.all_reduce_sum(tensors);
+  const double ranks_sum = n * (n + 1) / 2.0;
+  check(at::equal(tensors[0], at::arange(100000, at::kFloat) * ranks_sum), "all_reduce_sum float");
+  check(at::allclose(tensors[1], at::full({3}, 0.5 * (n - 1) * n / 2.0, at::kDouble)), "all_reduce_sum double");
+  // Texts of different lengths, one empty.
+  const auto texts = group.all_gather_text(r == 1 ? "" : std::string(static_cast<size_t>(10 * r + 3), 'a' + r));
+  check(static_cast<int>(texts.size()) == n, "all_gather_text count");
+  for (int q = 0; q < n && q < static_cast<int>(texts.size()); ++q) {
+    check(texts[q] == (q == 1 ? "" : std::string(static_cast<size_t>(10 * q + 3), 'a' + q)), "all_gather_text " + std::to_string(q));
+  }
+  // Rows: rank q sends (q + d) % 3 rows to rank d, each row [q, d, i]; none at all where 0.
+  std::vector<int64_t> send(n), recv(n);
+  std::vector<at::Tensor> rows;
+  for (int d = 0; d < n; ++d) {
+    send[d] = (r + d) % 3;
+    recv[d] = (d + r) % 3;
+    for (int64_t i = 0; i < send[d]; ++i) rows.push_back(at::tensor({float(r), float(d), float(i)}));
+  }
+  const at::Tensor input = rows.empty() ? at::empty({0, 3}) : at::stack(rows);
+  const at::Tensor received = group.all_to_all_rows(input, send, recv);
+  std::vector<at::Tensor> expected;
+  for (int q = 0; q < n; ++q) {
+    for (int64_t i = 0; i < recv[q]; ++i) expected.push_back(at::tensor({float(q), float(r), float(i)}));
+  }
+  check(at::equal(received, expected.empty() ? at::empty({0, 3}) : at::stack(expected)), "all_to_all_rows");
+  return failures;
+}
+
+TEST(DistCollectiveTest, SumsGathersTextsAndExchangesRowsOverGloo) {
+  for (int nproc : {2, 3}) {
+    const auto run = moelab::testing::launch_workers("collective_operations", nproc);
+    EXPECT_EQ(run.status, 0) << nproc << " ranks:\n" << run.output;
+  }
+}
