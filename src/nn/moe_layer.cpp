@@ -1,5 +1,7 @@
 #include "moelab/nn/moe_layer.h"
 
+#include "moelab/nn/expert_parallel.h"
+
 #include "moelab/util/runtime.h"
 
 namespace moelab::nn {
@@ -72,6 +74,29 @@ void MoELayerImpl::reset() {
           "shared_gate", torch::nn::Linear(torch::nn::LinearOptions(o.d_model(), 1).bias(false)));
     }
   }
+}
+
+void MoELayerImpl::shard_experts(std::shared_ptr<Collective> group) {
+  TORCH_CHECK(group, "MoELayer: shard_experts needs a group");
+  TORCH_CHECK(experts, "MoELayer: expert parallelism needs FFN experts (module experts stay whole "
+              "on every rank)");
+  TORCH_CHECK(!expert_group_, "MoELayer: the experts are sharded already");
+  const int64_t world = group->world_size(), total = options.num_experts();
+  TORCH_CHECK(total % world == 0, "MoELayer: ", total, " experts do not split evenly over ", world,
+              " ranks (parallel.expert)");
+  const int64_t local = total / world, first = group->rank() * local;
+  FFNExperts mine(FFNExpertsOptions(experts->options).num_experts(local));
+  {
+    torch::NoGradGuard no_grad;
+    mine->w_in.copy_(experts->w_in.narrow(0, first, local));
+    mine->w_out.copy_(experts->w_out.narrow(0, first, local));
+    if (experts->b_in.defined()) {
+      mine->b_in.copy_(experts->b_in.narrow(0, first, local));
+      mine->b_out.copy_(experts->b_out.narrow(0, first, local));
+    }
+  }
+  experts = replace_module("experts", mine);
+  expert_group_ = std::move(group);
 }
 
 void MoELayerImpl::pretty_print(std::ostream& stream) const {
@@ -265,8 +290,13 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& input, const at::Tensor& paddi
           : plan_token_choice(routing.indices, routing.weights, options.num_experts(),
                               options.dispatch());
   at::Tensor dispatched = gather_rows(tokens.to(expert_type), plan);  // (S, D)
-  at::Tensor expert_out = experts ? experts->forward(dispatched, plan.counts_host)
-                                  : module_experts->forward(dispatched, plan.counts_host);
+  at::Tensor expert_out =
+      expert_group_ ? run_experts_parallel(*expert_group_, dispatched, plan.counts_host,
+                                           [this](const at::Tensor& rows, const std::vector<int64_t>& counts) {
+                                             return experts->forward(rows, counts);
+                                           })
+      : experts     ? experts->forward(dispatched, plan.counts_host)
+                    : module_experts->forward(dispatched, plan.counts_host);
   at::Tensor out = combine_rows(expert_out, plan.weight, plan).to(x.scalar_type());  // (n, D)
   if (shared) {
     at::Tensor shared_out;

@@ -23,6 +23,7 @@
 #include "moelab/nn/aux_losses.h"
 #include "moelab/nn/dispatch.h"
 #include "moelab/nn/experts.h"
+#include "moelab/util/collective.h"
 #include "moelab/nn/feed_forward.h"
 #include "moelab/nn/router.h"
 
@@ -127,6 +128,15 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   /// step.
   void update_routing_bias(double rate_scale = 1.0) { router->update_bias(rate_scale); }
 
+  /// Expert parallelism (expert_parallel.h): keeps only this rank's E/W routed experts (rank r:
+  /// [r * E/W, (r + 1) * E/W), sliced from the ones it holds, so ranks that built the layer from
+  /// one seed hold the single-process layer's experts between them); from then on every forward
+  /// exchanges rows with the group's other ranks, which must run the layer together. FFN experts
+  /// only; E a multiple of W. Clone a layer before sharding it, not after.
+  void shard_experts(std::shared_ptr<Collective> group);
+  /// The group the experts are sharded over; null when this process holds them all.
+  const std::shared_ptr<Collective>& expert_group() const { return expert_group_; }
+
   /// Parameters used for one token: router, shared experts and k routed experts (expert choice:
   /// capacity_factor * k on average).
   int64_t active_parameters() const;
@@ -147,6 +157,7 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
  private:
   std::vector<torch::nn::AnyModule> expert_modules_;
   torch::nn::AnyModule gate_network_;
+  std::shared_ptr<Collective> expert_group_;
 };
 TORCH_MODULE(MoELayer);
 
