@@ -23,6 +23,7 @@ namespace moelab::dist {
 template <typename V>
 void visit(V& v, ParallelOptions& o) {
   v.field("timeout", o.timeout());
+  v.field("expert", o.expert());
 }
 MOELAB_DEFINE_OPTIONS_YAML(ParallelOptions)
 
@@ -30,6 +31,7 @@ void validate(const ParallelOptions& options, const std::string& where) {
   if (train::parse_duration(options.timeout(), where + ".timeout") <= 0) {
     throw ConfigError(where + ".timeout: must be longer than 0");
   }
+  if (options.expert() < 1) throw ConfigError(where + ".expert: must be >= 1");
 }
 
 namespace {

@@ -18,6 +18,23 @@ namespace fs = std::filesystem;
 
 namespace moelab::run {
 
+namespace {
+
+// parallel.expert against the processes there are.
+bool expert_parallel(const YAML::Node& config, const std::shared_ptr<Collective>& collective) {
+  const int64_t expert = parallel_options(config).expert();
+  const int world = collective ? collective->world_size() : 1;
+  if (expert > 1 && expert != world) {
+    throw ConfigError("parallel.expert (" + std::to_string(expert) + ") must equal the number of "
+                      "processes (" + std::to_string(world) + "), or be 1; e.g. --nproc " +
+                      std::to_string(expert) + ", or parallel.expert=" + std::to_string(world) +
+                      " (also on resume)");
+  }
+  return expert > 1;
+}
+
+}  // namespace
+
 std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std::string& run_dir,
                                           std::shared_ptr<Collective> collective) {
   // Before the data is loaded: fail fast (rank 0 alone: the others would see its new run).
@@ -25,8 +42,10 @@ std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std:
     throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
                       "' or choose another directory");
   }
+  const bool split_experts = expert_parallel(resolved, collective);
   train::RunParts parts = assemble_run(resolved);
   parts.collective = std::move(collective);
+  parts.expert_parallel = split_experts;
   return std::make_unique<train::Trainer>(std::move(parts), run_dir);
 }
 
@@ -84,8 +103,10 @@ std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
     }
     config::apply_override(config, assignment);
   }
+  const bool split_experts = expert_parallel(config, collective);
   train::RunParts parts = assemble_run(config);
   parts.collective = std::move(collective);
+  parts.expert_parallel = split_experts;
   return train::Trainer::resume(std::move(parts), run_dir, directory);
 }
 

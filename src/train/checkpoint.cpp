@@ -155,10 +155,15 @@ nlohmann::json verify_checkpoint(const std::string& directory) {
 }
 
 void save_module_weights(const torch::nn::Module& module, const std::string& path,
-                         const std::map<std::string, std::string>& metadata) {
+                         const std::map<std::string, std::string>& metadata,
+                         const std::map<std::string, at::Tensor>& replacements) {
   io::NamedTensors tensors;
-  for (const auto& item : module.named_parameters()) tensors.emplace_back(item.key(), item.value());
-  for (const auto& item : module.named_buffers()) tensors.emplace_back(item.key(), item.value());
+  auto add = [&](const std::string& name, const at::Tensor& value) {
+    const auto replaced = replacements.find(name);
+    tensors.emplace_back(name, replaced == replacements.end() ? value : replaced->second);
+  };
+  for (const auto& item : module.named_parameters()) add(item.key(), item.value());
+  for (const auto& item : module.named_buffers()) add(item.key(), item.value());
   io::save_safetensors(path, tensors, metadata);
 }
 
@@ -192,7 +197,7 @@ WeightLoadReport load_module_weights(torch::nn::Module& module, const std::strin
         break;
       }
     }
-    if (!tensors.emplace(renamed, tensor).second) {
+    if (!tensors.emplace(renamed, options.transform ? options.transform(renamed, tensor) : tensor).second) {
       throw CheckpointError(path + ": two tensors map to '" + renamed + "' after renaming");
     }
   }

@@ -1,9 +1,13 @@
 #include "moelab/train/data_parallel.h"
 
 #include <torch/nn/module.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
 
 #include <chrono>
+#include <cmath>
 
+#include "moelab/nn/moe_layer.h"
 #include "moelab/nn/router.h"
 
 namespace moelab::train {
@@ -48,19 +52,126 @@ nlohmann::json scale_json(const nlohmann::json& value, double factor) {
   return value;
 }
 
-DataParallelSync::DataParallelSync(Collective& collective, int64_t batch_size, int64_t bucket_bytes)
-    : collective_(collective), bucket_bytes_(bucket_bytes) {
+ExpertShards::ExpertShards(Collective& group, torch::nn::Module& model) : group_(&group) {
+  for (const auto& item : model.named_modules()) {
+    auto* moe = dynamic_cast<nn::MoELayerImpl*>(item.value().get());
+    if (!moe || !moe->experts) continue;
+    moe->shard_experts(std::shared_ptr<Collective>(&group, [](Collective*) {}));
+    const int64_t total = moe->options.num_experts();
+    TORCH_CHECK(total_ == 0 || total_ == total, "expert parallel: every MoE layer needs the same "
+                "number of experts (", total_, " and ", total, ")");
+    total_ = total;
+  }
+  if (total_ == 0) return;
+  local_ = total_ / group.world_size();
+  first_ = group.rank() * local_;
+  // Names after sharding: the experts' parameters are new tensors.
+  for (const auto& item : model.named_modules()) {
+    auto* moe = dynamic_cast<nn::MoELayerImpl*>(item.value().get());
+    if (!moe || !moe->experts) continue;
+    const std::string prefix = item.key().empty() ? "experts." : item.key() + ".experts.";
+    for (const auto& param : moe->experts->named_parameters()) {
+      parameters_.emplace_back(prefix + param.key(), param.value());
+      names_.insert(prefix + param.key());
+    }
+  }
+}
+
+bool ExpertShards::holds(const at::Tensor& parameter) const {
+  for (const auto& [name, p] : parameters_) {
+    if (p.unsafeGetTensorImpl() == parameter.unsafeGetTensorImpl()) return true;
+  }
+  return false;
+}
+
+at::Tensor ExpertShards::gather(const at::Tensor& local) const {
+  std::vector<int64_t> shape = local.sizes().vec();
+  shape[0] = total_;
+  std::vector<at::Tensor> whole{at::zeros(shape, local.options())};
+  whole[0].narrow(0, first_, local_).copy_(local.detach());
+  group_->all_reduce_sum(whole);
+  return whole[0];
+}
+
+std::map<std::string, at::Tensor> ExpertShards::whole_parameters() const {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& [name, p] : parameters_) out[name] = gather(p);
+  return out;
+}
+
+void ExpertShards::convert_optimizer_state(torch::optim::Optimizer& optimizer, bool whole) const {
+  auto convert = [&](const at::Tensor& t) {
+    if (!t.defined()) return t;
+    return whole ? gather(t) : slice(t);
+  };
+  for (const auto& [name, p] : parameters_) {
+    auto& states = optimizer.state();
+    const auto found = states.find(c10::str(p.unsafeGetTensorImpl()));
+    // Every rank has a state for every expert parameter once a step ran: their gradients are
+    // always defined (DataParallelSync), so the exchanges below happen on all ranks alike.
+    if (found == states.end()) continue;
+    if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(found->second.get())) {
+      adamw->exp_avg(convert(adamw->exp_avg()));
+      adamw->exp_avg_sq(convert(adamw->exp_avg_sq()));
+      if (adamw->max_exp_avg_sq().defined()) adamw->max_exp_avg_sq(convert(adamw->max_exp_avg_sq()));
+    } else if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(found->second.get())) {
+      sgd->momentum_buffer(convert(sgd->momentum_buffer()));
+    } else {
+      TORCH_CHECK(false, "expert parallel: cannot checkpoint this optimiser's state (AdamW and SGD can)");
+    }
+  }
+}
+
+DataParallelSync::DataParallelSync(Collective& collective, int64_t batch_size,
+                                   const ExpertShards* experts, int64_t bucket_bytes)
+    : collective_(collective), experts_(experts), bucket_bytes_(bucket_bytes) {
   TORCH_CHECK(batch_size >= collective.world_size(), "data parallel: the batch of ", batch_size,
               " samples is smaller than the ", collective.world_size(), " ranks");
   share_ = static_cast<double>(shard_of(batch_size, collective.rank(), collective.world_size()).size()) /
            static_cast<double>(batch_size);
 }
 
+void DataParallelSync::clip_gradients(torch::nn::Module& model, double max_norm) {
+  torch::NoGradGuard no_grad;
+  // Squared norms: the replicated parameters' (the same on every rank) plus every rank's experts'.
+  at::Tensor replicated = at::zeros({}, at::kDouble);
+  std::vector<at::Tensor> experts{at::zeros({1}, at::kDouble)};
+  std::vector<at::Tensor> grads;
+  for (auto& param : model.parameters()) {
+    if (!param.grad().defined()) continue;
+    grads.push_back(param.grad());
+    const at::Tensor square = param.grad().to(at::kDouble).pow(2).sum();
+    if (experts_ && experts_->holds(param)) {
+      experts[0] += square;
+    } else {
+      replicated += square;
+    }
+  }
+  if (experts_ && !experts_->empty()) collective_.all_reduce_sum(experts);
+  const double total = std::sqrt(replicated.item<double>() + experts[0].item<double>());
+  // As torch::nn::utils::clip_grad_norm_ scales.
+  const double coefficient = max_norm / (total + 1e-6);
+  if (coefficient < 1) {
+    for (auto& grad : grads) grad.mul_(coefficient);
+  }
+}
+
 void DataParallelSync::synchronise(torch::nn::Module& model, StepResult& result) {
   const auto start = std::chrono::steady_clock::now();
   torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> params = model.parameters();
-  // Per parameter: whether this rank has a gradient; then the finite flag (1 = finite) and the
+  std::vector<at::Tensor> params;
+  for (auto& param : model.parameters()) {
+    if (experts_ && experts_->holds(param)) {
+      // Whole already (the experts' all-to-all brought every rank's share); defined always, as
+      // the single-process tensor of all experts would be.
+      if (!param.grad().defined()) param.mutable_grad() = at::zeros_like(param);
+      // A non-finite expert gradient on one rank makes every rank skip the step.
+      if (result.finite && !at::isfinite(param.grad()).all().item<bool>()) result.finite = false;
+      continue;
+    }
+    params.push_back(param);
+  }
+  // Per parameter: whether this rank has a gradient; then the finite flag (0 = finite) and the
   // loss sums, scaled by this rank's share so that their sums over ranks are the batch's.
   at::Tensor header = at::zeros({static_cast<int64_t>(params.size()) + 4}, at::kDouble);
   double* h = header.data_ptr<double>();
@@ -71,11 +182,11 @@ void DataParallelSync::synchronise(torch::nn::Module& model, StepResult& result)
   h[p + 2] = share_ * result.task_loss_sum;
   h[p + 3] = share_ * result.aux_loss_sum;
 
-  // Gradients, scaled, in flat buckets of one dtype.
+  // Gradients (each rank's loss was scaled by its share: StepOptions::loss_scale), in flat
+  // buckets of one dtype.
   std::vector<at::Tensor> grads;
   for (auto& param : params) {
     if (!param.grad().defined()) param.mutable_grad() = at::zeros_like(param);
-    param.mutable_grad().mul_(share_);
     grads.push_back(param.grad());
   }
   std::vector<std::vector<size_t>> buckets;

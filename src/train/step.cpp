@@ -74,7 +74,7 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
       loss = task_loss + output.aux_loss.to(at::kFloat);
     }
     clock.charge(&StepTimes::forward);
-    (loss / static_cast<double>(options.grad_accumulation)).backward();
+    (loss * (options.loss_scale / static_cast<double>(options.grad_accumulation))).backward();
     clock.charge(&StepTimes::backward);
     const double loss_value = loss.item<double>();
     result.loss_sum += loss_value;
@@ -99,7 +99,11 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
     return result;
   }
   if (options.clip_grad_norm > 0) {
-    torch::nn::utils::clip_grad_norm_(model.parameters(), options.clip_grad_norm);
+    if (options.sync) {
+      options.sync->clip_gradients(model, options.clip_grad_norm);
+    } else {
+      torch::nn::utils::clip_grad_norm_(model.parameters(), options.clip_grad_norm);
+    }
   }
   clock.charge(&StepTimes::checks);
   optimizer.step();

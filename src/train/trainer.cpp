@@ -130,7 +130,8 @@ const std::vector<std::string>& resume_overridable_keys() {
   static const std::vector<std::string> keys{
       "train.max_steps",        "train.epochs",   "train.max_time",
       "train.checkpoint_every", "train.checkpoint_every_minutes",
-      "train.keep_last",        "train.monitor.patience", "parallel.timeout"};
+      "train.keep_last",        "train.monitor.patience", "parallel.timeout",
+      "parallel.expert"};
   return keys;
 }
 
@@ -193,7 +194,8 @@ Trainer::Trainer(RunParts parts, const std::string& run_dir, Resumed)
                         ") must be at least the number of processes (" +
                         std::to_string(collective_->world_size()) + "): each computes a shard of every batch");
     }
-    sync_ = std::make_unique<DataParallelSync>(*collective_, options_.batch_size());
+    if (parts.expert_parallel) expert_shards_ = ExpertShards(*collective_, *model_);
+    sync_ = std::make_unique<DataParallelSync>(*collective_, options_.batch_size(), &expert_shards_);
   } else {
     collective_ = nullptr;  // one process: nothing to exchange
   }
@@ -360,6 +362,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
     step_options.routing_bias_scale = lr / options_.optimizer().lr();
     step_options.times = profile_ ? &step_times : nullptr;
     step_options.sync = sync_.get();
+    step_options.loss_scale = sync_ ? sync_->loss_scale() : 1.0;
     const StepResult step = train_step(
         *model_, *optimizer_.optimizer, *task_, [this] { return next_batch(); }, step_options,
         [&](const MicroBatch& micro) {
@@ -584,9 +587,22 @@ void Trainer::save_checkpoint() {
   const fs::path directory = checkpoint_path(run_dir_, step_);
   gather_sums();  // the checkpoint holds every rank's sums
   last_checkpoint_ = directory.string();
+  // Expert parallel: the checkpoint holds whole experts and their optimiser state.
+  std::map<std::string, at::Tensor> whole_experts;
+  if (!expert_shards_.empty()) {
+    whole_experts = expert_shards_.whole_parameters();
+    expert_shards_.convert_optimizer_state(*optimizer_.optimizer, /*whole=*/true);
+  }
+  struct ShardAgain {
+    const ExpertShards& shards;
+    torch::optim::Optimizer& optimizer;
+    ~ShardAgain() {
+      if (!shards.empty()) shards.convert_optimizer_state(optimizer, /*whole=*/false);
+    }
+  } shard_again{expert_shards_, *optimizer_.optimizer};
   if (!writes() || fs::exists(directory)) return;  // rank 0 writes; or this step is saved already
   FileWriters files{
-      {"model.safetensors", [&](const std::string& p) { save_module_weights(*model_, p); }},
+      {"model.safetensors", [&](const std::string& p) { save_module_weights(*model_, p, {}, whole_experts); }},
       {"optimizer.pt",
        [&](const std::string& p) {
          // To memory first: LibTorch's file writer throws from its destructor on a full disk.
@@ -672,10 +688,17 @@ void Trainer::load_checkpoint(const std::string& directory) {
     for (auto& tally : epoch_tally_) tally.clear();
   }
   epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, data_.train->size());
-  load_module_weights(*model_, directory + "/model.safetensors");
+  WeightLoading loading;
+  if (!expert_shards_.empty()) {  // this rank's rows of the whole experts
+    loading.transform = [this](const std::string& name, const at::Tensor& t) {
+      return expert_shards_.holds_name(name) ? expert_shards_.slice(t) : t;
+    };
+  }
+  load_module_weights(*model_, directory + "/model.safetensors", loading);
   torch::serialize::InputArchive archive;
   archive.load_from(directory + "/optimizer.pt");
   optimizer_.optimizer->load(archive);
+  if (!expert_shards_.empty()) expert_shards_.convert_optimizer_state(*optimizer_.optimizer, /*whole=*/false);
   at::Tensor rng = io::load_safetensors(directory + "/rng.safetensors").tensors.at("cpu");
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(rng);

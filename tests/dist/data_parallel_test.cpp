@@ -19,6 +19,7 @@
 #include "moelab/train/data_parallel.h"
 #include "moelab/train/run_directory.h"
 #include "moelab/train/trainer.h"
+#include "moelab/util/errors.h"
 #include "support/fixtures.h"
 #include "support/workers.h"
 
@@ -29,16 +30,17 @@ namespace {
 // A small MoE classifier whose steps do not depend on how the batch is split: a deterministic
 // router and no aux loss (a load-balancing loss is computed per rank, as in Megatron-Core),
 // with AdamW, gradient accumulation, clipping and a 31-sample batch (shards of 15 and 16).
-YAML::Node dist_tiny_config(int64_t max_steps) {
-  return moelab::run::resolve_run_config(
-      {}, {"model.input_dim=8", "model.num_classes=3", "model.num_layers=2", "model.moe.d_model=16",
+YAML::Node dist_tiny_config(int64_t max_steps, std::vector<std::string> extra = {}) {
+  std::vector<std::string> overrides{"model.input_dim=8", "model.num_classes=3", "model.num_layers=2", "model.moe.d_model=16",
            "model.moe.d_ff=32", "model.moe.num_experts=4", "model.moe.router.kind=top_k",
            "model.moe.router.top_k=2", "data.num_samples=600", "data.input_dim=8",
            "data.num_classes=3", "data.num_clusters=6", "data.cluster_std=2.0",
            "train.max_steps=" + std::to_string(max_steps), "train.batch_size=31",
            "train.grad_accumulation=2", "train.clip_grad_norm=1.0", "train.log_every=5",
            "train.eval_every=10", "train.checkpoint_every=10", "train.schedule.kind=cosine",
-           "train.schedule.warmup_steps=3", "train.optimizer.lr=0.01"});
+           "train.schedule.warmup_steps=3", "train.optimizer.lr=0.01"};
+  overrides.insert(overrides.end(), extra.begin(), extra.end());
+  return moelab::run::resolve_run_config({}, overrides);
 }
 
 std::map<std::string, at::Tensor> weights_of(const std::string& safetensors) {
@@ -66,17 +68,20 @@ void expect_equal_weights(const std::map<std::string, at::Tensor>& a,
 // One rank of a data-parallel 20-step run: MOELAB_TEST_DIR/run, MOELAB_TEST_MODE start or
 // resume, MOELAB_TEST_STOP_AT=S stops at step S (a checkpoint); writes its final weights to
 // MOELAB_TEST_DIR/rank-R.safetensors. MOELAB_TEST_KILL_AT=S: rank 1 kills itself with SIGKILL
-// after step S.
+// after step S. MOELAB_TEST_EXPERT_PARALLEL=1: a new run splits the experts (parallel.expert).
 MOELAB_TEST_WORKER(data_parallel_rank) {
   using namespace moelab;
   const std::string dir = moelab::testing::env_or_empty("MOELAB_TEST_DIR");
   const std::string stop_at = moelab::testing::env_or_empty("MOELAB_TEST_STOP_AT");
+  const bool split_experts = !moelab::testing::env_or_empty("MOELAB_TEST_EXPERT_PARALLEL").empty();
   const std::string kill_at = moelab::testing::env_or_empty("MOELAB_TEST_KILL_AT");
   auto processes = std::make_shared<dist::ProcessGroupCollective>(dist::launch_environment(), 20.0);
   std::unique_ptr<train::Trainer> trainer =
       moelab::testing::env_or_empty("MOELAB_TEST_MODE") == "resume"
           ? run::resume_run(dir + "/run", {}, processes)
-          : run::start_run(dist_tiny_config(20), dir + "/run", processes);
+          : run::start_run(dist_tiny_config(20, split_experts ? std::vector<std::string>{"parallel.expert=" + std::to_string(processes->world_size())}
+                                                              : std::vector<std::string>{}),
+                           dir + "/run", processes);
   if (!kill_at.empty()) {
     trainer->run(std::stoll(kill_at));
     if (processes->rank() == 1) std::raise(SIGKILL);
@@ -240,4 +245,32 @@ TEST(DistCollectiveTest, SumsGathersTextsAndExchangesRowsOverGloo) {
     const auto run = moelab::testing::launch_workers("collective_operations", nproc);
     EXPECT_EQ(run.status, 0) << nproc << " ranks:\n" << run.output;
   }
+}
+
+TEST_F(DistDataParallelTest, ExpertParallelTrainingMatchesOneProcessAndCheckpointsWholeExperts) {
+  moelab::run::start_run(dist_tiny_config(20), path("single"))->run();
+  const auto single = weights_of(path("single/checkpoints/step-00000020/model.safetensors"));
+  // 2 ranks, 2 of the 4 experts each: the single process's weights; whole experts in the checkpoint.
+  auto split = launch(2, "start", 0, {"MOELAB_TEST_EXPERT_PARALLEL=1"});
+  ASSERT_EQ(split.status, 0) << split.output;
+  const auto straight = weights_of(path("run/checkpoints/step-00000020/model.safetensors"));
+  expect_close_weights(single, straight, 1e-5);
+  const auto rank1 = weights_of(rank_weights(1));
+  EXPECT_EQ(rank1.at("moe0.experts.w_in").size(0), 2);
+  EXPECT_TRUE(at::equal(rank1.at("moe0.experts.w_in"), straight.at("moe0.experts.w_in").narrow(0, 2, 2)));
+  EXPECT_TRUE(at::equal(rank1.at("head.weight"), straight.at("head.weight")));
+  // Stopped at step 10 and resumed on 2 ranks: bitwise the straight run; on one process: close.
+  fs::rename(path("run"), path("straight"));
+  auto first = launch(2, "start", 10, {"MOELAB_TEST_EXPERT_PARALLEL=1"});
+  ASSERT_EQ(first.status, 0) << first.output;
+  fs::copy(path("run"), path("run_for_one"), fs::copy_options::recursive);
+  auto second = launch(2, "resume");
+  ASSERT_EQ(second.status, 0) << second.output;
+  expect_equal_weights(straight, weights_of(path("run/checkpoints/step-00000020/model.safetensors")));
+  EXPECT_EQ(moelab::run::resume_run(path("run_for_one"), {"parallel.expert=1"})->run().steps, 20);
+  expect_close_weights(single, weights_of(path("run_for_one/checkpoints/step-00000020/model.safetensors")), 1e-5);
+  // A run of 2 expert-parallel ranks does not go on in one process without saying so.
+  EXPECT_NE(moelab::testing::error_message<moelab::ConfigError>([&] { moelab::run::resume_run(path("straight")); })
+                .find("parallel.expert (2) must equal the number of processes (1)"),
+            std::string::npos);
 }

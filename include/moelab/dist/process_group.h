@@ -30,6 +30,10 @@ struct ParallelOptions {
   /// How long a collective or the rendezvous waits for the other ranks before the run stops
   /// with an error naming the lost rank: "60s", "5m", seconds. Default "60s".
   TORCH_ARG(std::string, timeout) = "60s";
+  /// Expert parallelism: 1 = every process holds every expert (data parallel only); otherwise
+  /// the routed experts of each MoE layer are split over this many processes, which must be all
+  /// of them (E a multiple of it). May change on resume, with the number of processes. Default 1.
+  TORCH_ARG(int64_t, expert) = 1;
 };
 YAML::Node to_yaml(const ParallelOptions& options);
 void from_yaml(const YAML::Node& node, ParallelOptions& options, const std::string& where);

@@ -48,8 +48,11 @@ uint32_t manifest_checksum(const nlohmann::json& manifest);
 uint32_t file_crc32(const std::string& path);
 
 /// A module's parameters and buffers, by their stable names, as safetensors.
+/// `replacements` are written instead of the module's tensors of the same names (expert
+/// parallelism writes whole experts where the module holds this rank's).
 void save_module_weights(const torch::nn::Module& module, const std::string& path,
-                         const std::map<std::string, std::string>& metadata = {});
+                         const std::map<std::string, std::string>& metadata = {},
+                         const std::map<std::string, at::Tensor>& replacements = {});
 
 struct WeightLoading {
   /// Every tensor of the model must be in the file and every tensor of the file in the model.
@@ -59,6 +62,9 @@ struct WeightLoading {
   /// (from, to): a file tensor whose name starts with `from` is loaded as `to` + the rest
   /// (the first matching pair applies), e.g. {"model.", ""} or {"mlp.", "moe0.experts."}.
   std::vector<std::pair<std::string, std::string>> rename_prefixes;
+  /// Applied to each file tensor (by its model name) before it is checked and copied; e.g. expert
+  /// parallelism takes this rank's rows of whole experts. Empty: none.
+  std::function<at::Tensor(const std::string&, const at::Tensor&)> transform;
 };
 
 struct WeightLoadReport {

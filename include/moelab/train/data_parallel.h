@@ -1,16 +1,26 @@
 // Data parallelism: every rank holds the same weights and computes its shard of each global
 // batch (the global batch and its order do not depend on the number of ranks); after the
 // backward pass of a step's last micro-batch the gradients are summed over ranks, each rank's
-// scaled by its shard's share of the batch, so that every rank applies the gradient of the whole
-// batch's mean loss and the weights stay identical, as in one process.
+// loss having been scaled by its shard's share of the batch, so that every rank applies the
+// gradient of the whole batch's mean loss and the weights stay identical, as in one process.
+// With expert parallelism (parallel.expert) the routed experts are split over the ranks instead
+// of copied, and only the other parameters' gradients are summed.
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "moelab/train/step.h"
 #include "moelab/util/collective.h"
+
+namespace torch::optim {
+class Optimizer;
+}
 
 namespace moelab::train {
 
@@ -29,6 +39,37 @@ nlohmann::json add_json_sums(const nlohmann::json& a, const nlohmann::json& b);
 /// Every number of `value` times `factor` (nulls stay null).
 nlohmann::json scale_json(const nlohmann::json& value, double factor);
 
+/// The sharded experts of a model trained expert-parallel (nn::MoELayer::shard_experts): which
+/// parameters hold only this rank's E/W experts, and the exchanges a checkpoint needs to hold
+/// whole experts (so that a run written by N ranks resumes on M, or on one process).
+class ExpertShards {
+ public:
+  ExpertShards() = default;
+  /// Shards every MoE layer of `model` with FFN experts over `group`.
+  ExpertShards(Collective& group, torch::nn::Module& model);
+  bool empty() const { return parameters_.empty(); }
+  /// Whether `parameter` holds only this rank's experts.
+  bool holds(const at::Tensor& parameter) const;
+  /// The whole tensor (E, ...) of a sharded one (E/W, ...), on every rank (an exchange).
+  at::Tensor gather(const at::Tensor& local) const;
+  /// This rank's rows of a whole tensor.
+  at::Tensor slice(const at::Tensor& whole) const { return whole.narrow(0, first_, local_).clone(); }
+  /// Whole values of the sharded parameters by name, for a checkpoint (an exchange).
+  std::map<std::string, at::Tensor> whole_parameters() const;
+  /// Names of the sharded parameters.
+  bool holds_name(const std::string& name) const { return names_.count(name) > 0; }
+  /// The optimiser's per-parameter state of the sharded parameters made whole (`whole` true,
+  /// before saving it) or this rank's again (after saving, or after loading a whole one).
+  /// AdamW and SGD states; every rank calls it together.
+  void convert_optimizer_state(torch::optim::Optimizer& optimizer, bool whole) const;
+
+ private:
+  Collective* group_ = nullptr;
+  int64_t first_ = 0, local_ = 0, total_ = 0;
+  std::vector<std::pair<std::string, at::Tensor>> parameters_;
+  std::set<std::string> names_;
+};
+
 /// StepOptions::sync for data parallelism. Gradients travel in buckets of about `bucket_bytes`
 /// (all sent, then all awaited); a parameter without a gradient on this rank (an expert no local
 /// token chose) takes part with zeros, and is left without one only if no rank had one, as in
@@ -36,13 +77,21 @@ nlohmann::json scale_json(const nlohmann::json& value, double factor);
 /// its biases alike; the step's finite flag and loss sums become the global batch's.
 class DataParallelSync : public GradientSync {
  public:
-  DataParallelSync(Collective& collective, int64_t batch_size, int64_t bucket_bytes = int64_t{25} << 20);
+  /// `experts`: parameters that hold this rank's experts only (their gradients arrive whole
+  /// through the experts' all-to-all and are not summed again); may be empty.
+  DataParallelSync(Collective& collective, int64_t batch_size, const ExpertShards* experts = nullptr,
+                   int64_t bucket_bytes = int64_t{25} << 20);
+  /// The factor each rank's loss is multiplied by before its backward pass (StepOptions::
+  /// loss_scale): its shard's share of the batch, so that the sums over ranks are the batch's.
+  double loss_scale() const { return share_; }
   void synchronise(torch::nn::Module& model, StepResult& result) override;
+  void clip_gradients(torch::nn::Module& model, double max_norm) override;
   /// Seconds spent in synchronise since construction: the communication of data parallelism.
   double seconds() const { return seconds_; }
 
  private:
   Collective& collective_;
+  const ExpertShards* experts_;
   double share_;  // this rank's shard size / the global batch size
   int64_t bucket_bytes_;
   double seconds_ = 0;

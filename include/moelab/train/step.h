@@ -44,6 +44,9 @@ class GradientSync {
  public:
   virtual ~GradientSync() = default;
   virtual void synchronise(torch::nn::Module& model, StepResult& result) = 0;
+  /// Scales the gradients so that their global norm (over every rank's parameters: with expert
+  /// parallelism each rank holds other experts) is at most `max_norm`, as one process would.
+  virtual void clip_gradients(torch::nn::Module& model, double max_norm) = 0;
 };
 
 struct StepOptions {
@@ -58,6 +61,9 @@ struct StepOptions {
   StepTimes* times = nullptr;
   /// Data parallelism's gradient exchange; nullptr (the default) in one process.
   GradientSync* sync = nullptr;
+  /// Each micro-batch's loss is multiplied by this before its backward pass (data parallelism:
+  /// the rank's share of the batch). The reported losses are not. Default 1.
+  double loss_scale = 1.0;
 };
 
 /// One micro-batch as the step saw it, for the caller's bookkeeping (metrics, routing tallies).

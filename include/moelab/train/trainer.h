@@ -106,6 +106,9 @@ struct RunParts {
   /// The processes that train this model together (data parallel); null: this process alone.
   /// Rank 0 alone writes the run directory; every rank reads it on resume.
   std::shared_ptr<Collective> collective;
+  /// Split the MoE layers' routed experts over the collective's ranks (parallel.expert) instead
+  /// of copying them; ignored in one process.
+  bool expert_parallel = false;
 };
 
 enum class StopReason { kCompleted, kEarlyStopping, kTimeLimit, kSignal };
@@ -194,6 +197,7 @@ class Trainer {
   OptimizerSetup optimizer_;
   data::Splits data_;
   std::shared_ptr<Collective> collective_;
+  ExpertShards expert_shards_;
   std::unique_ptr<DataParallelSync> sync_;
   int64_t total_steps_ = 0;
   int64_t step_ = 0, epoch_ = 0, cursor_ = 0;
