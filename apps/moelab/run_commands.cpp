@@ -123,6 +123,18 @@ void register_run_commands(CLI::App& app, Action& action) {
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
       if (!resolved) return;
       const std::string run_dir = args->run_dir.empty() ? default_run_dir() : args->run_dir;
+      if (run::federated_options(*resolved).clients() > 0) {
+        if (args->nproc > 1) {
+          throw ConfigError("--nproc: federated runs simulate their clients in one process here; "
+                            "drop --nproc");
+        }
+        auto federated = run::start_federated_run(*resolved, run_dir);
+        federated->set_console(std::cout);
+        train::install_stop_signal_handlers();
+        federated->run();
+        std::cout << "run directory: " << run_dir << "\n";
+        return;
+      }
       if (launch_if_asked(args->nproc, run_dir, args->run_dir.empty())) return;
       const double timeout = train::parse_duration(run::parallel_options(*resolved).timeout(), "parallel.timeout");
       const auto processes = join_processes(args->nproc, timeout);
@@ -153,6 +165,13 @@ void register_run_commands(CLI::App& app, Action& action) {
       ->check(CLI::PositiveNumber);
   resume->callback([resume_args, &action] {
     action = [resume_args] {
+      if (run::is_federated_run(resume_args->run_dir)) {
+        auto federated = run::resume_federated_run(resume_args->run_dir);
+        federated->set_console(std::cout);
+        federated->run();
+        std::cout << "run directory: " << resume_args->run_dir << "\n";
+        return;
+      }
       if (launch_if_asked(resume_args->nproc, resume_args->run_dir, false)) return;
       double timeout = 60;
       const std::filesystem::path saved = std::filesystem::path(resume_args->run_dir) / train::kRunConfigFile;

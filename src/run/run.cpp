@@ -110,6 +110,35 @@ std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
   return train::Trainer::resume(std::move(parts), run_dir, directory);
 }
 
+std::unique_ptr<train::FederatedTrainer> start_federated_run(const YAML::Node& resolved,
+                                                             const std::string& run_dir) {
+  if (train::holds_run(run_dir)) {
+    throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
+                      "' or choose another directory");
+  }
+  const train::FederatedOptions options = federated_options(resolved);
+  return std::make_unique<train::FederatedTrainer>(assemble_run(resolved), options, run_dir);
+}
+
+bool is_federated_run(const std::string& run_dir) {
+  const fs::path saved = fs::path(run_dir) / train::kRunConfigFile;
+  if (!fs::exists(saved)) return false;
+  const YAML::Node config = config::load_file(saved.string());
+  return config["federated"] && config["federated"]["clients"] &&
+         config["federated"]["clients"].as<int64_t>() > 0;
+}
+
+std::unique_ptr<train::FederatedTrainer> resume_federated_run(const std::string& run_dir) {
+  if (!fs::is_directory(run_dir)) throw CheckpointError(run_dir + ": no such run directory");
+  train::remove_temporary_checkpoints(run_dir);
+  const train::CheckpointScan scan = train::scan_checkpoints(run_dir, /*move_damaged=*/true);
+  warn_skipped(scan);
+  if (scan.latest.empty()) throw_no_checkpoint(run_dir, "to resume from", scan);
+  const YAML::Node config = config::load_file(scan.latest + "/" + train::kRunConfigFile);
+  return train::FederatedTrainer::resume(assemble_run(config), federated_options(config), run_dir,
+                                         scan.latest);
+}
+
 std::string resolve_checkpoint(const std::string& path, bool prefer_latest) {
   if (!fs::exists(path)) throw CheckpointError(path + ": no such run or checkpoint directory");
   if (fs::exists(fs::path(path) / train::kManifestName)) {

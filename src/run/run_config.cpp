@@ -18,7 +18,7 @@ namespace moelab::run {
 
 namespace {
 
-const std::vector<std::string> kSections{"model", "data", "task", "train", "parallel"};
+const std::vector<std::string> kSections{"model", "data", "task", "train", "parallel", "federated"};
 
 // A model or data section without its `name`, which selects the entry rather than setting an
 // option.
@@ -75,6 +75,7 @@ YAML::Node resolve_run_config(const YAML::Node& user) {
   resolved["task"]["name"] = task_name;
   resolved["train"] = train::to_yaml(train::TrainOptions());
   resolved["parallel"] = dist::to_yaml(dist::ParallelOptions());
+  resolved["federated"] = train::to_yaml(train::FederatedOptions());
   config::merge(resolved, user);
 
   for (const auto& item : resolved["task"]) {
@@ -85,6 +86,7 @@ YAML::Node resolve_run_config(const YAML::Node& user) {
   data_entry.validate(options_section(resolved["data"]), "data");
   train_options(resolved);
   parallel_options(resolved);
+  federated_options(resolved);
   return resolved;
 }
 
@@ -98,6 +100,13 @@ data::Splits load_data(const YAML::Node& resolved) {
 
 std::shared_ptr<train::Task> make_task(const YAML::Node& resolved) {
   return train::make_task(resolved["task"]["name"].as<std::string>());
+}
+
+train::FederatedOptions federated_options(const YAML::Node& resolved) {
+  train::FederatedOptions options;
+  if (resolved["federated"]) train::from_yaml(resolved["federated"], options, "federated");
+  train::validate(options, "federated");
+  return options;
 }
 
 dist::ParallelOptions parallel_options(const YAML::Node& resolved) {

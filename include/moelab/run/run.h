@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "moelab/train/evaluation.h"
+#include "moelab/train/federated.h"
 #include "moelab/train/trainer.h"
 
 namespace moelab::run {
@@ -45,6 +46,15 @@ std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std:
 std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
                                            const std::vector<std::string>& overrides = {},
                                            std::shared_ptr<Collective> collective = nullptr);
+
+/// A new federated run (the config's federated.clients >= 1) over simulated clients in this
+/// process (train/federated.h).
+std::unique_ptr<train::FederatedTrainer> start_federated_run(const YAML::Node& resolved,
+                                                             const std::string& run_dir);
+/// Continues a federated run from its newest valid checkpoint (its last round).
+std::unique_ptr<train::FederatedTrainer> resume_federated_run(const std::string& run_dir);
+/// Whether the run in `run_dir` (its config.yaml) is federated.
+bool is_federated_run(const std::string& run_dir);
 
 /// A checkpoint directory given as itself; a run directory as its best checkpoint (if kept) or,
 /// with `prefer_latest` or without a best one, its newest. CheckpointError if there is none.

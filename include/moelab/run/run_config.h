@@ -21,6 +21,7 @@
 #include "moelab/data/dataset.h"
 #include "moelab/dist/process_group.h"
 #include "moelab/models/model.h"
+#include "moelab/train/federated.h"
 #include "moelab/train/task.h"
 #include "moelab/train/trainer.h"
 
@@ -52,6 +53,8 @@ std::shared_ptr<train::Task> make_task(const YAML::Node& resolved);
 
 /// The train section of a resolved config as Options.
 train::TrainOptions train_options(const YAML::Node& resolved);
+/// The federated section's options, validated (clients 0: not federated).
+train::FederatedOptions federated_options(const YAML::Node& resolved);
 /// The parallel section's options, validated (ConfigError naming the key).
 dist::ParallelOptions parallel_options(const YAML::Node& resolved);
 
