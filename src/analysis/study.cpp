@@ -8,6 +8,7 @@
 #include <fstream>
 #include <set>
 
+#include "moelab/analysis/federated_study.h"
 #include "moelab/analysis/language_model_study.h"
 #include "moelab/analysis/perturbation_study.h"
 #include "moelab/analysis/plot.h"
@@ -75,7 +76,7 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
   for (size_t i = 0; i < tree["runs"].size(); ++i) {
     const YAML::Node run = tree["runs"][i];
     const std::string where = "runs[" + std::to_string(i) + "]";
-    reject_unknown(run, {"name", "model", "data", "task", "train", "match"}, where);
+    reject_unknown(run, {"name", "model", "data", "task", "train", "federated", "match"}, where);
     if (!run["name"]) throw ConfigError(where + ".name: every run needs a name");
     const std::string name = run["name"].as<std::string>();
     if (name.empty() || name.find('/') != std::string::npos ||
@@ -84,7 +85,7 @@ StudyPlan plan_study(const std::vector<std::string>& files, const std::vector<st
     }
     order.push_back(name);
     YAML::Node config = config::clone(base);
-    for (const char* section : {"train", "data", "task"}) {
+    for (const char* section : {"train", "data", "task", "federated"}) {
       if (run[section]) {
         YAML::Node target = config[section] ? config[section] : YAML::Node(YAML::NodeType::Map);
         config::merge(target, run[section]);
@@ -145,20 +146,29 @@ nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
     std::vector<nlohmann::json> lines = read_metrics(run_dir);
     if (!last_of_kind(lines, "test")) {
       out << fmt::format("== {} ==", name) << std::endl;
-      std::unique_ptr<train::Trainer> trainer;
-      if (!train::latest_checkpoint(run_dir).empty()) {
-        trainer = run::resume_run(run_dir);
+      if (run::federated_options(config).clients() > 0) {
+        // A federated run that never reached a checkpoint starts over.
+        auto federated = train::latest_checkpoint(run_dir).empty()
+                             ? (fs::remove_all(run_dir), run::start_federated_run(config, run_dir))
+                             : run::resume_federated_run(run_dir);
+        federated->set_console(out);
+        federated->run();
       } else {
-        fs::remove_all(run_dir);  // a run that never reached a checkpoint starts over
-        trainer = run::start_run(config, run_dir);
-      }
-      trainer->set_console(console, out);
-      const train::TrainSummary summary = trainer->run();
-      if (summary.stop_reason == train::StopReason::kSignal ||
-          summary.stop_reason == train::StopReason::kTimeLimit) {
-        throw TrainingError("study: run '" + name + "' stopped (" + train::to_string(summary.stop_reason) +
-                            ") at step " + std::to_string(summary.steps) +
-                            "; run the same study command again to continue");
+        std::unique_ptr<train::Trainer> trainer;
+        if (!train::latest_checkpoint(run_dir).empty()) {
+          trainer = run::resume_run(run_dir);
+        } else {
+          fs::remove_all(run_dir);  // a run that never reached a checkpoint starts over
+          trainer = run::start_run(config, run_dir);
+        }
+        trainer->set_console(console, out);
+        const train::TrainSummary summary = trainer->run();
+        if (summary.stop_reason == train::StopReason::kSignal ||
+            summary.stop_reason == train::StopReason::kTimeLimit) {
+          throw TrainingError("study: run '" + name + "' stopped (" + train::to_string(summary.stop_reason) +
+                              ") at step " + std::to_string(summary.steps) +
+                              "; run the same study command again to continue");
+        }
       }
       lines = read_metrics(run_dir);
     }
@@ -188,6 +198,8 @@ nlohmann::json run_study(const StudyPlan& plan, const std::string& study_dir,
     } else {
       entry["test_accuracy"] = (*test)["accuracy"];
     }
+    entry["batch_size"] = config["train"]["batch_size"].as<int64_t>();
+    if (run::federated_options(config).clients() > 0) entry["federated"] = analyse_federated_run(run_dir, config);
     study["runs"].push_back(entry);
   }
   if (!plan.runs.empty() && study["runs"][0]["task"] == "perturbation") {
@@ -262,6 +274,18 @@ std::string write_report(const std::string& study_dir) {
         "expression (treated - basal) as CheMoE and PDGrapher score it. FLOPs: forward multiply-adds\n"
         "x 2 per sample, each expert's first layer counted over all its inputs for every gene as the\n"
         "published code computes it.</p>\n" + perturbation_report(study, study_dir, report.string()));
+    return index;
+  }
+  bool federated = false;
+  for (const auto& run : study["runs"]) federated = federated || run.contains("federated");
+  if (federated) {
+    const std::string index = (report / "index.html").string();
+    std::ofstream(index) << html_page(
+        study["name"].get<std::string>(),
+        "<p>Centralised and federated training of one model on one data set: each federated run's\n"
+        "clients keep their share of the training split; only weights travel. Test accuracy of the\n"
+        "final global model; accuracy per round against the training samples processed.</p>\n" +
+            federated_report(study, study_dir, report.string()));
     return index;
   }
   const bool language_models = !study["runs"].empty() && study["runs"][0].contains("language_model");

@@ -5,6 +5,7 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <numeric>
@@ -320,6 +321,7 @@ std::unique_ptr<FederatedTrainer> FederatedTrainer::resume(RunParts parts, Feder
       new FederatedTrainer(std::move(parts), std::move(options), run_dir, Resumed{}));
   const nlohmann::json meta = read_manifest(checkpoint)["metadata"];
   trainer->round_ = meta.at("round").get<int64_t>();
+  trainer->seconds_before_ = meta.value("train_seconds", 0.0);
   load_module_weights(*trainer->model_, checkpoint + "/model.safetensors");
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(io::load_safetensors(checkpoint + "/rng.safetensors").tensors.at("cpu"));
@@ -494,7 +496,9 @@ void FederatedTrainer::save_checkpoint() {
   };
   // The trainer's checkpoint fields (epoch, cursor) hold the round and 0: every round starts afresh.
   write_checkpoint(directory, files,
-                   {{"step", round_}, {"epoch", round_}, {"cursor", 0}, {"round", round_}, {"federated", true}});
+                   {{"step", round_}, {"epoch", round_}, {"cursor", 0}, {"round", round_}, {"federated", true},
+                    {"train_seconds", seconds_before_ + std::chrono::duration<double>(
+                                                            std::chrono::steady_clock::now() - process_start_).count()}});
   verify_checkpoint(directory);
   prune_checkpoints(run_dir_, train_.keep_last(), "");
 }

@@ -35,7 +35,7 @@ TEST(RunConfigTest, RejectsUnknownSectionsKeysAndInvalidCombinations) {
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"modell.x=1"}); }),
             "modell: unknown key; did you mean 'model'?");
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"sections.x=1"}); }),
-            "sections: unknown key (valid: model data task train parallel)");
+            "sections: unknown key (valid: model data task train parallel federated)");
   EXPECT_EQ(run_config_error([] { resolve_run_config({}, {"task.name=regresion"}); }),
             "task.name: unknown task 'regresion'; did you mean 'regression'? (registered: "
             "classification regression language_model perturbation)");

@@ -20,6 +20,7 @@
 
 #include <torch/arg.h>
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <ostream>
@@ -137,6 +138,8 @@ class FederatedTrainer {
   int64_t round_ = 0;
   int64_t steps_per_round_ = 0;  // local_steps, or the largest client's local_epochs in steps
   std::ostream* console_ = nullptr;
+  double seconds_before_ = 0;  // trained by earlier processes of this run
+  std::chrono::steady_clock::time_point process_start_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace moelab::train
