@@ -69,6 +69,15 @@ bool launch_if_asked(int nproc, const std::string& run_dir, bool add_run_dir) {
   return true;
 }
 
+// A federated run's rounds; rank 0 (or the only process) reports.
+void run_federated(std::unique_ptr<train::FederatedTrainer> federated, const std::string& run_dir,
+                   const std::shared_ptr<dist::ProcessGroupCollective>& processes) {
+  const bool reports = !processes || processes->rank() == 0;
+  if (reports) federated->set_console(std::cout);
+  federated->run();
+  if (reports) std::cout << "run directory: " << run_dir << "\n";
+}
+
 // Trains with progress on the console and SIGINT/SIGTERM turned into a clean stop.
 void train_and_report(train::Trainer& trainer, const std::string& run_dir, bool quiet = false) {
   train::install_stop_signal_handlers();
@@ -123,21 +132,15 @@ void register_run_commands(CLI::App& app, Action& action) {
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
       if (!resolved) return;
       const std::string run_dir = args->run_dir.empty() ? default_run_dir() : args->run_dir;
-      if (run::federated_options(*resolved).clients() > 0) {
-        if (args->nproc > 1) {
-          throw ConfigError("--nproc: federated runs simulate their clients in one process here; "
-                            "drop --nproc");
-        }
-        auto federated = run::start_federated_run(*resolved, run_dir);
-        federated->set_console(std::cout);
-        train::install_stop_signal_handlers();
-        federated->run();
-        std::cout << "run directory: " << run_dir << "\n";
-        return;
-      }
       if (launch_if_asked(args->nproc, run_dir, args->run_dir.empty())) return;
       const double timeout = train::parse_duration(run::parallel_options(*resolved).timeout(), "parallel.timeout");
       const auto processes = join_processes(args->nproc, timeout);
+      if (run::federated_options(*resolved).clients() > 0) {
+        as_rank(processes, [&] {
+          run_federated(run::start_federated_run(*resolved, run_dir, processes), run_dir, processes);
+        });
+        return;
+      }
       as_rank(processes, [&] {
         std::unique_ptr<train::Trainer> trainer;
         try {
@@ -165,13 +168,6 @@ void register_run_commands(CLI::App& app, Action& action) {
       ->check(CLI::PositiveNumber);
   resume->callback([resume_args, &action] {
     action = [resume_args] {
-      if (run::is_federated_run(resume_args->run_dir)) {
-        auto federated = run::resume_federated_run(resume_args->run_dir);
-        federated->set_console(std::cout);
-        federated->run();
-        std::cout << "run directory: " << resume_args->run_dir << "\n";
-        return;
-      }
       if (launch_if_asked(resume_args->nproc, resume_args->run_dir, false)) return;
       double timeout = 60;
       const std::filesystem::path saved = std::filesystem::path(resume_args->run_dir) / train::kRunConfigFile;
@@ -181,6 +177,15 @@ void register_run_commands(CLI::App& app, Action& action) {
         timeout = train::parse_duration(run::parallel_options(config).timeout(), "parallel.timeout");
       }
       const auto processes = join_processes(resume_args->nproc, timeout);
+      if (run::is_federated_run(resume_args->run_dir)) {
+        if (!resume_args->overrides.empty()) {
+          throw ConfigError(resume_args->overrides[0] + ": a federated run resumes as it was started");
+        }
+        as_rank(processes, [&] {
+          run_federated(run::resume_federated_run(resume_args->run_dir, processes), resume_args->run_dir, processes);
+        });
+        return;
+      }
       as_rank(processes, [&] {
         auto trainer = run::resume_run(resume_args->run_dir, resume_args->overrides, processes);
         train_and_report(*trainer, resume_args->run_dir, processes && processes->rank() != 0);

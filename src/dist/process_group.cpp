@@ -191,6 +191,19 @@ struct ProcessGroupCollective::Impl {
       fail(doing, e);
     }
   }
+
+  // Starts one collective (`start` returns its Work) and waits for it; a failure either way is
+  // a TrainingError naming this rank and, where the store tells, the lost one.
+  template <typename Start>
+  void run(const std::string& doing, Start start) {
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+      work = start();
+    } catch (const std::exception& e) {
+      fail(doing, e);
+    }
+    wait(work, doing);
+  }
 };
 
 ProcessGroupCollective::ProcessGroupCollective(const LaunchEnvironment& env, double timeout_seconds)
@@ -257,13 +270,7 @@ std::vector<std::string> ProcessGroupCollective::all_gather_text(const std::stri
   std::vector<at::Tensor> length{at::tensor({static_cast<int64_t>(text.size())}, at::kLong)};
   std::vector<std::vector<at::Tensor>> lengths(1);
   for (int r = 0; r < n; ++r) lengths[0].push_back(at::empty({1}, at::kLong));
-  try {
-    impl_->wait(impl_->group->allgather(lengths, length), "all-gather");
-  } catch (const TrainingError&) {
-    throw;
-  } catch (const std::exception& e) {
-    impl_->fail("all-gather", e);
-  }
+  impl_->run("all-gather", [&] { return impl_->group->allgather(lengths, length); });
   int64_t longest = 0;
   for (const auto& l : lengths[0]) longest = std::max(longest, l.item<int64_t>());
   at::Tensor mine = at::zeros({std::max<int64_t>(longest, 1)}, at::kByte);
@@ -271,13 +278,7 @@ std::vector<std::string> ProcessGroupCollective::all_gather_text(const std::stri
   std::vector<at::Tensor> input{mine};
   std::vector<std::vector<at::Tensor>> outputs(1);
   for (int r = 0; r < n; ++r) outputs[0].push_back(at::empty_like(mine));
-  try {
-    impl_->wait(impl_->group->allgather(outputs, input), "all-gather");
-  } catch (const TrainingError&) {
-    throw;
-  } catch (const std::exception& e) {
-    impl_->fail("all-gather", e);
-  }
+  impl_->run("all-gather", [&] { return impl_->group->allgather(outputs, input); });
   std::vector<std::string> texts;
   for (int r = 0; r < n; ++r) {
     const auto* bytes = reinterpret_cast<const char*>(outputs[0][r].data_ptr<uint8_t>());
@@ -305,13 +306,7 @@ at::Tensor ProcessGroupCollective::all_to_all_rows(const at::Tensor& input,
   at::Tensor in = input.contiguous();
   // Gloo's all-to-all counts in rows of dimension 0.
   std::vector<int64_t> out_counts = recv_counts, in_counts = send_counts;
-  try {
-    impl_->wait(impl_->group->alltoall_base(output, in, out_counts, in_counts), "all-to-all");
-  } catch (const TrainingError&) {
-    throw;
-  } catch (const std::exception& e) {
-    impl_->fail("all-to-all", e);
-  }
+  impl_->run("all-to-all", [&] { return impl_->group->alltoall_base(output, in, out_counts, in_counts); });
   return output;
 }
 
@@ -323,13 +318,7 @@ void ProcessGroupCollective::report_failure(const std::string& message) noexcept
 }
 
 void ProcessGroupCollective::barrier() {
-  try {
-    impl_->wait(impl_->group->barrier(), "barrier");
-  } catch (const TrainingError&) {
-    throw;
-  } catch (const std::exception& e) {
-    impl_->fail("barrier", e);
-  }
+  impl_->run("barrier", [&] { return impl_->group->barrier(); });
 }
 
 }  // namespace moelab::dist

@@ -68,29 +68,31 @@ void warn_skipped(const train::CheckpointScan& scan) {
   throw CheckpointError(message);
 }
 
+// The checkpoint a resume starts from: rank 0 (or the only process) removes leftovers of
+// killed writes, moves damaged checkpoints aside and picks the newest; the other ranks take its
+// choice.
+std::string newest_checkpoint_to_resume(const std::string& run_dir, Collective* collective) {
+  if (!fs::is_directory(run_dir)) throw CheckpointError(run_dir + ": no such run directory");
+  if (collective && collective->rank() != 0) {
+    const std::string directory = collective->all_gather_text("")[0];
+    if (directory.empty()) throw CheckpointError(run_dir + ": no complete checkpoint to resume from (see rank 0)");
+    return directory;
+  }
+  train::remove_temporary_checkpoints(run_dir);
+  const train::CheckpointScan scan = train::scan_checkpoints(run_dir, /*move_damaged=*/true);
+  warn_skipped(scan);
+  std::string directory = scan.latest;
+  if (collective) directory = collective->all_gather_text(directory)[0];
+  if (directory.empty()) throw_no_checkpoint(run_dir, "to resume from", scan);
+  return directory;
+}
+
 }  // namespace
 
 std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
                                            const std::vector<std::string>& overrides,
                                            std::shared_ptr<Collective> collective) {
-  if (!fs::is_directory(run_dir)) throw CheckpointError(run_dir + ": no such run directory");
-  std::string directory;
-  const bool first = !collective || collective->rank() == 0;
-  if (first) {
-    // Leftovers of killed checkpoint writes go first, even when no checkpoint is complete.
-    train::remove_temporary_checkpoints(run_dir);
-    // Damaged checkpoints are moved aside, so their steps are written again.
-    const train::CheckpointScan scan = train::scan_checkpoints(run_dir, /*move_damaged=*/true);
-    warn_skipped(scan);
-    directory = scan.latest;
-    if (directory.empty() && !collective) throw_no_checkpoint(run_dir, "to resume from", scan);
-    // The other ranks resume from the checkpoint rank 0 chose (and rank 0 alone tidies up).
-    if (collective) directory = collective->all_gather_text(directory)[0];
-    if (directory.empty()) throw_no_checkpoint(run_dir, "to resume from", scan);
-  } else {
-    directory = collective->all_gather_text("")[0];
-    if (directory.empty()) throw CheckpointError(run_dir + ": no complete checkpoint to resume from (see rank 0)");
-  }
+  const std::string directory = newest_checkpoint_to_resume(run_dir, collective.get());
   YAML::Node config = config::load_file(directory + "/" + train::kRunConfigFile);
   const auto& allowed = train::resume_overridable_keys();
   for (const auto& assignment : overrides) {
@@ -111,13 +113,16 @@ std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
 }
 
 std::unique_ptr<train::FederatedTrainer> start_federated_run(const YAML::Node& resolved,
-                                                             const std::string& run_dir) {
-  if (train::holds_run(run_dir)) {
+                                                             const std::string& run_dir,
+                                                             std::shared_ptr<Collective> collective) {
+  if ((!collective || collective->rank() == 0) && train::holds_run(run_dir)) {
     throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
                       "' or choose another directory");
   }
   const train::FederatedOptions options = federated_options(resolved);
-  return std::make_unique<train::FederatedTrainer>(assemble_run(resolved), options, run_dir);
+  train::RunParts parts = assemble_run(resolved);
+  parts.collective = std::move(collective);
+  return std::make_unique<train::FederatedTrainer>(std::move(parts), options, run_dir);
 }
 
 bool is_federated_run(const std::string& run_dir) {
@@ -128,15 +133,13 @@ bool is_federated_run(const std::string& run_dir) {
          config["federated"]["clients"].as<int64_t>() > 0;
 }
 
-std::unique_ptr<train::FederatedTrainer> resume_federated_run(const std::string& run_dir) {
-  if (!fs::is_directory(run_dir)) throw CheckpointError(run_dir + ": no such run directory");
-  train::remove_temporary_checkpoints(run_dir);
-  const train::CheckpointScan scan = train::scan_checkpoints(run_dir, /*move_damaged=*/true);
-  warn_skipped(scan);
-  if (scan.latest.empty()) throw_no_checkpoint(run_dir, "to resume from", scan);
-  const YAML::Node config = config::load_file(scan.latest + "/" + train::kRunConfigFile);
-  return train::FederatedTrainer::resume(assemble_run(config), federated_options(config), run_dir,
-                                         scan.latest);
+std::unique_ptr<train::FederatedTrainer> resume_federated_run(const std::string& run_dir,
+                                                              std::shared_ptr<Collective> collective) {
+  const std::string latest = newest_checkpoint_to_resume(run_dir, collective.get());
+  const YAML::Node config = config::load_file(latest + "/" + train::kRunConfigFile);
+  train::RunParts parts = assemble_run(config);
+  parts.collective = std::move(collective);
+  return train::FederatedTrainer::resume(std::move(parts), federated_options(config), run_dir, latest);
 }
 
 std::string resolve_checkpoint(const std::string& path, bool prefer_latest) {

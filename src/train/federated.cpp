@@ -163,51 +163,70 @@ std::vector<int64_t> sample_clients(const FederatedOptions& o, int64_t round, ui
   return chosen;
 }
 
+AggregationSums aggregation_sums(const std::map<std::string, at::Tensor>& global,
+                                 const std::vector<ClientUpdate>& clients,
+                                 const std::map<std::string, std::vector<std::string>>& experts) {
+  AggregationSums sums;
+  for (const auto& [name, value] : global) {
+    if (!floating(value)) continue;
+    sums.weighted[name] = at::zeros(value.sizes(), value.options().dtype(at::kDouble));
+  }
+  for (const auto& [layer, names] : experts) {
+    sums.tokens[layer] = at::zeros({global.at(names.front()).size(0)}, at::kDouble);
+    for (const auto& name : names) {
+      sums.token_weighted[name] = at::zeros(global.at(name).sizes(), at::kDouble);
+    }
+  }
+  for (const auto& c : clients) {
+    sums.samples += c.samples;
+    for (auto& [name, sum] : sums.weighted) sum += c.weights.at(name).to(at::kDouble) * c.samples;
+    for (const auto& [layer, names] : experts) {
+      const auto found = c.expert_tokens.find(layer);
+      TORCH_CHECK(found != c.expert_tokens.end(), "aggregate: a client has no token counts for ", layer);
+      const at::Tensor tokens = found->second.to(at::kDouble);  // (E)
+      sums.tokens[layer] += tokens;
+      for (const auto& name : names) {
+        std::vector<int64_t> shape(static_cast<size_t>(global.at(name).dim()), 1);
+        shape[0] = tokens.size(0);
+        sums.token_weighted[name] += c.weights.at(name).to(at::kDouble) * tokens.view(shape);
+      }
+    }
+  }
+  return sums;
+}
+
+std::map<std::string, at::Tensor> finish_aggregation(const std::string& aggregation,
+                                                     const std::map<std::string, at::Tensor>& global,
+                                                     const AggregationSums& sums,
+                                                     const std::map<std::string, std::vector<std::string>>& experts) {
+  TORCH_CHECK(sums.samples > 0, "aggregate: the clients hold no samples");
+  std::map<std::string, at::Tensor> out;
+  for (const auto& [name, value] : global) {
+    // Non-floating tensors (counters, generator states) keep their global values.
+    out[name] = floating(value) ? (sums.weighted.at(name) / sums.samples).to(value.scalar_type()) : value.clone();
+  }
+  if (aggregation != "expert_aware") return out;
+  for (const auto& [layer, names] : experts) {
+    const at::Tensor& total = sums.tokens.at(layer);  // (E)
+    for (const auto& name : names) {
+      const at::Tensor& value = global.at(name);
+      std::vector<int64_t> shape(static_cast<size_t>(value.dim()), 1);
+      shape[0] = value.size(0);
+      // An expert no client routed a token to keeps its global weights.
+      out[name] = at::where(total.gt(0).view(shape), sums.token_weighted.at(name) / total.clamp_min(1).view(shape),
+                            value.to(at::kDouble))
+                      .to(value.scalar_type());
+    }
+  }
+  return out;
+}
+
 std::map<std::string, at::Tensor> aggregate(const std::string& aggregation,
                                             const std::map<std::string, at::Tensor>& global,
                                             const std::vector<ClientUpdate>& clients,
                                             const std::map<std::string, std::vector<std::string>>& experts) {
   TORCH_CHECK(!clients.empty(), "aggregate: no clients");
-  double samples = 0;
-  for (const auto& c : clients) samples += c.samples;
-  TORCH_CHECK(samples > 0, "aggregate: the clients hold no samples");
-  std::map<std::string, at::Tensor> out;
-  for (const auto& [name, value] : global) {
-    if (!floating(value)) {
-      out[name] = value.clone();
-      continue;
-    }
-    at::Tensor sum = at::zeros(value.sizes(), value.options().dtype(at::kDouble));
-    for (const auto& c : clients) sum += c.weights.at(name).to(at::kDouble) * (c.samples / samples);
-    out[name] = sum.to(value.scalar_type());
-  }
-  if (aggregation != "expert_aware") return out;
-  for (const auto& [layer, names] : experts) {
-    // Tokens each client routed to each expert of this layer: (clients, E).
-    std::vector<at::Tensor> rows;
-    for (const auto& c : clients) {
-      const auto found = c.expert_tokens.find(layer);
-      TORCH_CHECK(found != c.expert_tokens.end(), "aggregate: a client has no token counts for ", layer);
-      rows.push_back(found->second.to(at::kDouble));
-    }
-    const at::Tensor tokens = at::stack(rows);          // (C, E)
-    const at::Tensor total = tokens.sum(0);             // (E)
-    for (const auto& name : names) {
-      const at::Tensor& value = global.at(name);
-      at::Tensor sum = at::zeros(value.sizes(), value.options().dtype(at::kDouble));
-      for (size_t i = 0; i < clients.size(); ++i) {
-        std::vector<int64_t> shape(static_cast<size_t>(value.dim()), 1);
-        shape[0] = value.size(0);
-        sum += clients[i].weights.at(name).to(at::kDouble) * tokens[i].view(shape);
-      }
-      std::vector<int64_t> shape(static_cast<size_t>(value.dim()), 1);
-      shape[0] = value.size(0);
-      const at::Tensor used = total.gt(0).view(shape);
-      out[name] = at::where(used, sum / total.clamp_min(1).view(shape), value.to(at::kDouble))
-                      .to(value.scalar_type());
-    }
-  }
-  return out;
+  return finish_aggregation(aggregation, global, aggregation_sums(global, clients, experts), experts);
 }
 
 namespace {
@@ -257,7 +276,8 @@ FederatedTrainer::FederatedTrainer(RunParts parts, FederatedOptions options, con
       options_(std::move(options)),
       model_(std::move(parts.model)),
       task_(std::move(parts.task)),
-      data_(std::move(parts.data)) {
+      data_(std::move(parts.data)),
+      collective_(parts.collective && parts.collective->world_size() > 1 ? std::move(parts.collective) : nullptr) {
   validate(train_);
   validate(options_, "federated");
   if (options_.clients() < 1) throw ConfigError("federated.clients: must be >= 1 for a federated run");
@@ -293,14 +313,8 @@ FederatedTrainer::FederatedTrainer(RunParts parts, FederatedOptions options, con
 
 FederatedTrainer::FederatedTrainer(RunParts parts, FederatedOptions options, const std::string& run_dir)
     : FederatedTrainer(std::move(parts), std::move(options), run_dir, Resumed{}) {
-  if (holds_run(run_dir)) {
-    throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
-                      "' or choose another directory");
-  }
-  std::error_code ec;
-  fs::create_directories(run_dir, ec);
-  if (ec) throw ConfigError(run_dir + ": cannot create run directory: " + ec.message());
-  io::write_file_atomic((fs::path(run_dir) / kRunConfigFile).string(), YAML::Dump(config_) + "\n");
+  if (!writes()) return;
+  create_run_directory(run_dir, YAML::Dump(config_) + "\n");
   nlohmann::json sizes = nlohmann::json::array();
   for (const auto& part : partition_) sizes.push_back(part.size());
   append_metrics(run_dir_, {{"kind", "federated"},
@@ -325,7 +339,7 @@ std::unique_ptr<FederatedTrainer> FederatedTrainer::resume(RunParts parts, Feder
   load_module_weights(*trainer->model_, checkpoint + "/model.safetensors");
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(io::load_safetensors(checkpoint + "/rng.safetensors").tensors.at("cpu"));
-  truncate_metrics(run_dir, trainer->round_);
+  if (trainer->writes()) truncate_metrics(run_dir, trainer->round_);
   return trainer;
 }
 
@@ -334,6 +348,7 @@ ClientUpdate FederatedTrainer::train_client(int64_t client,
                                             double& mean_loss) {
   load_weights(*model_, global);
   model_->train();
+
   const std::vector<int64_t>& samples = partition_[client];
   const int64_t size = static_cast<int64_t>(samples.size());
   const int64_t batch = std::min(train_.batch_size(), size);
@@ -412,8 +427,25 @@ int64_t FederatedTrainer::run(int64_t stop_after_round) {
     const std::vector<int64_t> chosen = sample_clients(options_, round_, train_.seed());
     std::vector<ClientUpdate> updates;
     nlohmann::json client_loss = nlohmann::json::object(), usage = nlohmann::json::object();
+    int64_t participants = 0;  // sampled clients that hold data, over all processes
+    // The default generator (dropout) as each client starts, whichever process trains it and after
+    // whichever other clients: the round's state for the first sampled client (so one client is
+    // centralised training), a seed of (seed, round, client) for the others; each round after
+    // the first starts from a seed of (seed, round).
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    if (round_ > 0) generator.set_current_seed(train_.seed() * 1000003ULL + static_cast<uint64_t>(round_) * 7919ULL);
+    const at::Tensor round_state = generator.get_state();
     for (int64_t client : chosen) {
       if (partition_[client].empty()) continue;
+      ++participants;
+      // Real clients as processes: client c trains in process c mod the process count.
+      if (collective_ && client % collective_->world_size() != collective_->rank()) continue;
+      if (client == chosen.front()) {
+        generator.set_state(round_state);
+      } else {
+        generator.set_current_seed(train_.seed() * 1000003ULL + static_cast<uint64_t>(round_) * 7919ULL +
+                                   static_cast<uint64_t>(client) + 1);
+      }
       double loss = 0;
       updates.push_back(train_client(client, global, loss));
       client_loss[std::to_string(client)] = std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr);
@@ -438,10 +470,25 @@ int64_t FederatedTrainer::run(int64_t stop_after_round) {
         }
       }
     }
-    std::map<std::string, at::Tensor> next = aggregate(options_.aggregation(), global, updates, expert_parameters_);
+    AggregationSums sums = aggregation_sums(global, updates, expert_parameters_);
+    if (collective_) {  // every process's clients: the sums and the clients' lines
+      std::vector<at::Tensor> tensors{at::tensor({sums.samples}, at::kDouble)};
+      for (auto& [name, t] : sums.weighted) tensors.push_back(t);
+      for (auto& [name, t] : sums.token_weighted) tensors.push_back(t);
+      for (auto& [layer, t] : sums.tokens) tensors.push_back(t);
+      collective_->all_reduce_sum(tensors);
+      sums.samples = tensors[0].item<double>();
+      const nlohmann::json mine{{"loss", client_loss}, {"usage", usage}};
+      for (const auto& text : collective_->all_gather_text(mine.dump())) {
+        const nlohmann::json theirs = nlohmann::json::parse(text);
+        client_loss.update(theirs["loss"]);
+        usage.update(theirs["usage"]);
+      }
+    }
+    std::map<std::string, at::Tensor> next = finish_aggregation(options_.aggregation(), global, sums, expert_parameters_);
     if (options_.dp_noise_multiplier() > 0) {
       at::Generator gen = generator_for(train_.seed(), 1000000 + static_cast<uint64_t>(round_));
-      const double sigma = options_.dp_noise_multiplier() * options_.dp_clip() / static_cast<double>(updates.size());
+      const double sigma = options_.dp_noise_multiplier() * options_.dp_clip() / static_cast<double>(participants);
       for (auto& [name, value] : next) {
         if (floating(value) && model_->named_parameters().contains(name)) {
           value = value + at::normal(0.0, sigma, value.sizes(), gen, value.options().dtype(at::kDouble)).to(value.scalar_type());
@@ -454,6 +501,7 @@ int64_t FederatedTrainer::run(int64_t stop_after_round) {
                         {"clients", chosen}, {"client_loss", client_loss},
                         {"participation", static_cast<double>(chosen.size()) / static_cast<double>(options_.clients())},
                         {"expert_usage", usage}};
+    if (!writes()) continue;  // rank 0 scores, reports and checkpoints the global model
     if (data_.val && data_.val->size() > 0) {
       const Evaluation result = evaluate(*model_, *data_.val, *task_, eval_batch_size(train_.batch_size()), precision_);
       for (const auto& [name, value] : result.metrics.values) line["val_" + name] = value;
@@ -468,7 +516,7 @@ int64_t FederatedTrainer::run(int64_t stop_after_round) {
     append_metrics(run_dir_, line);
     save_checkpoint();
   }
-  if (round_ == options_.rounds() && round_ > first) {
+  if (writes() && round_ == options_.rounds() && round_ > first) {
     const bool has_test = data_.test && data_.test->size() > 0;
     const std::shared_ptr<data::DataSource>& set = has_test ? data_.test : data_.val;
     if (set && set->size() > 0) {

@@ -126,6 +126,17 @@ bool holds_run(const std::string& run_dir) {
          fs::exists(fs::path(run_dir) / kCheckpointDir);
 }
 
+void create_run_directory(const std::string& run_dir, const std::string& config_text) {
+  if (holds_run(run_dir)) {
+    throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
+                      "' or choose another directory");
+  }
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  if (ec) throw ConfigError(run_dir + ": cannot create run directory: " + ec.message());
+  io::write_file_atomic((fs::path(run_dir) / kRunConfigFile).string(), config_text);
+}
+
 void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std::string& keep) {
   const auto dirs = checkpoint_dirs(run_dir);
   int64_t newer = 0;  // checkpoints newer than the one looked at, the kept one excluded

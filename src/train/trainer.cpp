@@ -138,14 +138,7 @@ const std::vector<std::string>& resume_overridable_keys() {
 Trainer::Trainer(RunParts parts, const std::string& run_dir)
     : Trainer(std::move(parts), run_dir, Resumed{}) {
   if (!writes()) return;
-  if (holds_run(run_dir)) {
-    throw ConfigError(run_dir + ": already holds a run; use 'moelab resume " + run_dir +
-                      "' or choose another directory");
-  }
-  std::error_code ec;
-  fs::create_directories(run_dir, ec);
-  if (ec) throw ConfigError(run_dir + ": cannot create run directory: " + ec.message());
-  io::write_file_atomic((fs::path(run_dir) / kRunConfigFile).string(), YAML::Dump(config_) + "\n");
+  create_run_directory(run_dir, YAML::Dump(config_) + "\n");
   // A language model's tokenizer lives with its run: generation and exports read it there.
   if (data_.tokenizer) data_.tokenizer->save((fs::path(run_dir) / kTokenizerDir).string());
 }

@@ -43,6 +43,19 @@ YAML::Node dist_tiny_config(int64_t max_steps, std::vector<std::string> extra = 
   return moelab::run::resolve_run_config({}, overrides);
 }
 
+// 4 clients (Dirichlet), 3 of them per round, expert-aware aggregation, DP clip and noise, and
+// dropout-free noisy routing: 3 rounds.
+YAML::Node dist_federated_config() {
+  return moelab::run::resolve_run_config(
+      {}, {"model.input_dim=8", "model.num_classes=3", "model.num_layers=2", "model.moe.d_model=16",
+           "model.moe.d_ff=32", "model.moe.num_experts=4", "model.moe.router.kind=noisy_top_k",
+           "model.moe.router.top_k=2", "data.num_samples=600", "data.input_dim=8",
+           "data.num_classes=3", "data.num_clusters=6", "data.cluster_std=2.0", "train.batch_size=32",
+           "train.optimizer.lr=0.01", "federated.clients=4", "federated.participation=0.75",
+           "federated.rounds=3", "federated.partition=dirichlet", "federated.aggregation=expert_aware",
+           "federated.dp_clip=5.0", "federated.dp_noise_multiplier=0.01"});
+}
+
 std::map<std::string, at::Tensor> weights_of(const std::string& safetensors) {
   return moelab::io::load_safetensors(safetensors).tensors;
 }
@@ -273,4 +286,54 @@ TEST_F(DistDataParallelTest, ExpertParallelTrainingMatchesOneProcessAndCheckpoin
   EXPECT_NE(moelab::testing::error_message<moelab::ConfigError>([&] { moelab::run::resume_run(path("straight")); })
                 .find("parallel.expert (2) must equal the number of processes (1)"),
             std::string::npos);
+}
+
+// Federated clients as processes: MOELAB_TEST_DIR/run, start or resume (MOELAB_TEST_MODE).
+MOELAB_TEST_WORKER(federated_rank) {
+  using namespace moelab;
+  const std::string dir = moelab::testing::env_or_empty("MOELAB_TEST_DIR");
+  auto processes = std::make_shared<dist::ProcessGroupCollective>(dist::launch_environment(), 20.0);
+  auto federated = moelab::testing::env_or_empty("MOELAB_TEST_MODE") == "resume"
+                       ? run::resume_federated_run(dir + "/run", processes)
+                       : run::start_federated_run(dist_federated_config(), dir + "/run", processes);
+  federated->run();
+  return 0;
+}
+
+TEST_F(DistDataParallelTest, FederatedClientsAsProcessesGiveTheSimulatedRun) {
+  moelab::run::start_federated_run(dist_federated_config(), path("simulated"))->run();
+  auto two = moelab::testing::launch_workers("federated_rank", 2,
+                                             {"MOELAB_TEST_DIR=" + root_.string(), "MOELAB_TEST_MODE=start"});
+  ASSERT_EQ(two.status, 0) << two.output;
+  expect_close_weights(weights_of(path("simulated/checkpoints/step-00000003/model.safetensors")),
+                       weights_of(path("run/checkpoints/step-00000003/model.safetensors")), 1e-5);
+  auto rounds = [&](const std::string& run) {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(path(run + "/metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      if (j["kind"] == "round") out.push_back(j);
+    }
+    return out;
+  };
+  const auto simulated = rounds("simulated"), processes = rounds("run");
+  ASSERT_EQ(simulated.size(), 3u);
+  ASSERT_EQ(processes.size(), 3u);
+  for (size_t r = 0; r < 3; ++r) {
+    EXPECT_EQ(simulated[r]["clients"], processes[r]["clients"]);
+    EXPECT_EQ(simulated[r]["client_loss"].size(), processes[r]["client_loss"].size());
+    for (const auto& [client, loss] : simulated[r]["client_loss"].items()) {
+      EXPECT_NEAR(loss.get<double>(), processes[r]["client_loss"][client].get<double>(), 1e-5) << client;
+    }
+    EXPECT_NEAR(simulated[r]["val_loss"].get<double>(), processes[r]["val_loss"].get<double>(), 1e-5);
+  }
+  // Two simulated rounds resumed by 2 processes: the simulated run again.
+  moelab::run::start_federated_run(dist_federated_config(), path("half"))->run(2);
+  fs::remove_all(path("run"));
+  fs::rename(path("half"), path("run"));
+  auto resumed = moelab::testing::launch_workers("federated_rank", 2,
+                                                 {"MOELAB_TEST_DIR=" + root_.string(), "MOELAB_TEST_MODE=resume"});
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  expect_close_weights(weights_of(path("simulated/checkpoints/step-00000003/model.safetensors")),
+                       weights_of(path("run/checkpoints/step-00000003/model.safetensors")), 1e-5);
 }

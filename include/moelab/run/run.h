@@ -47,12 +47,15 @@ std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
                                            const std::vector<std::string>& overrides = {},
                                            std::shared_ptr<Collective> collective = nullptr);
 
-/// A new federated run (the config's federated.clients >= 1) over simulated clients in this
-/// process (train/federated.h).
+/// A new federated run (the config's federated.clients >= 1): clients simulated in this process,
+/// or with a `collective` of several processes spread over them (train/federated.h).
 std::unique_ptr<train::FederatedTrainer> start_federated_run(const YAML::Node& resolved,
-                                                             const std::string& run_dir);
-/// Continues a federated run from its newest valid checkpoint (its last round).
-std::unique_ptr<train::FederatedTrainer> resume_federated_run(const std::string& run_dir);
+                                                             const std::string& run_dir,
+                                                             std::shared_ptr<Collective> collective = nullptr);
+/// Continues a federated run from its newest valid checkpoint (its last round), on any number of
+/// processes.
+std::unique_ptr<train::FederatedTrainer> resume_federated_run(const std::string& run_dir,
+                                                              std::shared_ptr<Collective> collective = nullptr);
 /// Whether the run in `run_dir` (its config.yaml) is federated.
 bool is_federated_run(const std::string& run_dir);
 

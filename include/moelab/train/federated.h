@@ -12,7 +12,10 @@
 // clipped to an L2 norm of dp_clip, and Gaussian noise of standard deviation
 // dp_noise_multiplier x dp_clip / (clients in the round) is added to the aggregate update.
 //
-// Simulated clients run one after another in this process; the run directory is a trainer's
+// Simulated clients run one after another in this process; with several processes (RunParts::
+// collective: `moelab train --nproc N`, torchrun, Slurm) client c trains in process c mod N and
+// the aggregation sums travel by all-reduce, giving the simulated run's result (to float
+// summation order); rank 0 alone evaluates and writes. The run directory is a trainer's
 // (config.yaml, metrics.jsonl with a "round" line per round, checkpoints/step-RRRRRRRR per round
 // holding the global model and the random state), so a resumed federated run equals an
 // uninterrupted one and eval/export read its checkpoints.
@@ -91,6 +94,23 @@ struct ClientUpdate {
   std::map<std::string, at::Tensor> expert_tokens;
 };
 
+/// What aggregation adds up over clients (each process its own clients, then a sum over
+/// processes): sample-weighted weights, and per routed expert token-weighted weights and tokens.
+struct AggregationSums {
+  double samples = 0;
+  std::map<std::string, at::Tensor> weighted;        // sum of samples x weights (float64)
+  std::map<std::string, at::Tensor> token_weighted;  // expert parameters: sum of tokens[e] x rows e
+  std::map<std::string, at::Tensor> tokens;          // per MoE layer: (E) tokens summed
+};
+AggregationSums aggregation_sums(const std::map<std::string, at::Tensor>& global,
+                                 const std::vector<ClientUpdate>& clients,
+                                 const std::map<std::string, std::vector<std::string>>& experts);
+/// The new global weights from the sums (aggregate = finish_aggregation of aggregation_sums).
+std::map<std::string, at::Tensor> finish_aggregation(const std::string& aggregation,
+                                                     const std::map<std::string, at::Tensor>& global,
+                                                     const AggregationSums& sums,
+                                                     const std::map<std::string, std::vector<std::string>>& experts);
+
 /// Aggregates `clients` into new global weights (the same names as `global`). `experts` maps each
 /// MoE layer's module name to its routed experts' parameter names (dim 0 = expert), for
 /// expert_aware. Non-floating tensors keep their global values.
@@ -99,7 +119,7 @@ std::map<std::string, at::Tensor> aggregate(const std::string& aggregation,
                                             const std::vector<ClientUpdate>& clients,
                                             const std::map<std::string, std::vector<std::string>>& experts);
 
-/// The federated loop over simulated clients (see the file comment).
+/// The federated loop over clients, simulated or as processes (see the file comment).
 class FederatedTrainer {
  public:
   /// A new run (ConfigError if `run_dir` holds one); `parts.data.train` is partitioned.
@@ -123,6 +143,7 @@ class FederatedTrainer {
   ClientUpdate train_client(int64_t client, const std::map<std::string, at::Tensor>& global,
                             double& mean_loss);
   void save_checkpoint();
+  bool writes() const { return !collective_ || collective_->rank() == 0; }
 
   YAML::Node config_;
   std::string run_dir_;
@@ -132,6 +153,7 @@ class FederatedTrainer {
   std::shared_ptr<models::Model> model_;
   std::shared_ptr<Task> task_;
   data::Splits data_;
+  std::shared_ptr<Collective> collective_;  // real clients as processes; null: simulated
   std::vector<std::vector<int64_t>> partition_;
   std::map<std::string, std::vector<std::string>> expert_parameters_;
   std::vector<std::string> moe_layers_;  // the MoE layers' module names, in forward order

@@ -52,6 +52,10 @@ std::string best_checkpoint(const std::string& run_dir);
 /// Whether `run_dir` already holds a run (metrics or checkpoints).
 bool holds_run(const std::string& run_dir);
 
+/// A new run's directory with its config.yaml (`config_text`); ConfigError if `run_dir` holds a
+/// run already or cannot be created.
+void create_run_directory(const std::string& run_dir, const std::string& config_text);
+
 /// Deletes all but the newest `keep_last` checkpoints, never the one named `keep` (the best).
 void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std::string& keep);
 
