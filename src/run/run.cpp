@@ -120,6 +120,10 @@ std::unique_ptr<train::FederatedTrainer> start_federated_run(const YAML::Node& r
                       "' or choose another directory");
   }
   const train::FederatedOptions options = federated_options(resolved);
+  if (parallel_options(resolved).expert() > 1) {
+    throw ConfigError("parallel.expert: federated clients keep whole models; set parallel.expert=1 "
+                      "(clients spread over processes with --nproc)");
+  }
   train::RunParts parts = assemble_run(resolved);
   parts.collective = std::move(collective);
   return std::make_unique<train::FederatedTrainer>(std::move(parts), options, run_dir);

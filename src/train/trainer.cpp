@@ -533,7 +533,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
       if (monitor_.restore_best() && early_stopping_.has_best() &&
           early_stopping_.best_step() != step_) {
         weights_step = early_stopping_.best_step();
-        load_module_weights(*model_, checkpoint_path(run_dir_, weights_step) + "/model.safetensors");
+        load_weights(checkpoint_path(run_dir_, weights_step));
       }
       const Evaluation test = evaluate(*model_, *set, *task_, eval_batch, precision_,
                                        static_cast<int64_t>(data_.class_names.size()));
@@ -643,6 +643,16 @@ void Trainer::save_checkpoint() {
                     keep_best ? checkpoint_name(early_stopping_.best_step()) : "");
 }
 
+void Trainer::load_weights(const std::string& checkpoint) {
+  WeightLoading loading;
+  if (!expert_shards_.empty()) {  // this rank's rows of the whole experts
+    loading.transform = [this](const std::string& name, const at::Tensor& t) {
+      return expert_shards_.holds_name(name) ? expert_shards_.slice(t) : t;
+    };
+  }
+  load_module_weights(*model_, checkpoint + "/model.safetensors", loading);
+}
+
 // `directory` has just been verified (latest_checkpoint).
 void Trainer::load_checkpoint(const std::string& directory) {
   const nlohmann::json manifest = read_manifest(directory);
@@ -681,13 +691,7 @@ void Trainer::load_checkpoint(const std::string& directory) {
     for (auto& tally : epoch_tally_) tally.clear();
   }
   epoch_order_ = data::epoch_permutation(options_.seed(), epoch_, data_.train->size());
-  WeightLoading loading;
-  if (!expert_shards_.empty()) {  // this rank's rows of the whole experts
-    loading.transform = [this](const std::string& name, const at::Tensor& t) {
-      return expert_shards_.holds_name(name) ? expert_shards_.slice(t) : t;
-    };
-  }
-  load_module_weights(*model_, directory + "/model.safetensors", loading);
+  load_weights(directory);
   torch::serialize::InputArchive archive;
   archive.load_from(directory + "/optimizer.pt");
   optimizer_.optimizer->load(archive);

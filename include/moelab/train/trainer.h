@@ -181,6 +181,8 @@ class Trainer {
   void write_epoch_line();
   void save_checkpoint();
   void load_checkpoint(const std::string& directory);
+  // A checkpoint's model.safetensors into the model (this rank's experts where they are split).
+  void load_weights(const std::string& checkpoint);
   void append_metrics(const nlohmann::json& line);
   // Data parallel: every rank's log-interval and epoch sums added into rank 0's (the others
   // start over), so its lines and checkpoints hold the global batch's numbers.
