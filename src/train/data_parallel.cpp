@@ -73,15 +73,13 @@ ExpertShards::ExpertShards(Collective& group, torch::nn::Module& model) : group_
     for (const auto& param : moe->experts->named_parameters()) {
       parameters_.emplace_back(prefix + param.key(), param.value());
       names_.insert(prefix + param.key());
+      impls_.insert(param.value().unsafeGetTensorImpl());
     }
   }
 }
 
 bool ExpertShards::holds(const at::Tensor& parameter) const {
-  for (const auto& [name, p] : parameters_) {
-    if (p.unsafeGetTensorImpl() == parameter.unsafeGetTensorImpl()) return true;
-  }
-  return false;
+  return impls_.count(parameter.unsafeGetTensorImpl()) > 0;
 }
 
 at::Tensor ExpertShards::gather(const at::Tensor& local) const {

@@ -289,15 +289,10 @@ FederatedTrainer::FederatedTrainer(RunParts parts, FederatedOptions options, con
     if (all.has(data::kTargets)) labels = all.at(data::kTargets);
   }
   partition_ = partition_samples(options_, labels, n, train_.seed());
-  const int64_t micro = train_.grad_accumulation();
   for (int64_t c = 0; c < options_.clients(); ++c) {
     const int64_t size = static_cast<int64_t>(partition_[c].size());
     if (size == 0) continue;
-    const int64_t batch = std::min(train_.batch_size(), size);
-    const int64_t steps = options_.local_steps() > 0
-                              ? options_.local_steps()
-                              : (options_.local_epochs() * (size / batch) + micro - 1) / micro;
-    steps_per_round_ = std::max(steps_per_round_, steps);
+    steps_per_round_ = std::max(steps_per_round_, client_steps(size));
   }
   if (steps_per_round_ == 0) throw ConfigError("federated: no client holds any training sample");
   for (const auto& item : model_->named_modules()) {
@@ -343,6 +338,13 @@ std::unique_ptr<FederatedTrainer> FederatedTrainer::resume(RunParts parts, Feder
   return trainer;
 }
 
+int64_t FederatedTrainer::client_steps(int64_t samples) const {
+  // Batches of min(batch_size, samples); local_epochs passes drop each pass's partial batch.
+  const int64_t batch = std::min(train_.batch_size(), samples), micro = train_.grad_accumulation();
+  return options_.local_steps() > 0 ? options_.local_steps()
+                                    : (options_.local_epochs() * (samples / batch) + micro - 1) / micro;
+}
+
 ClientUpdate FederatedTrainer::train_client(int64_t client,
                                             const std::map<std::string, at::Tensor>& global,
                                             double& mean_loss) {
@@ -353,9 +355,7 @@ ClientUpdate FederatedTrainer::train_client(int64_t client,
   const int64_t size = static_cast<int64_t>(samples.size());
   const int64_t batch = std::min(train_.batch_size(), size);
   const int64_t micro = train_.grad_accumulation();
-  const int64_t steps = options_.local_steps() > 0
-                            ? options_.local_steps()
-                            : (options_.local_epochs() * (size / batch) + micro - 1) / micro;
+  const int64_t steps = client_steps(size);
   OptimizerSetup optimizer = build_optimizer(*model_, train_.optimizer());
   // The client's own order: epochs of its samples, seeded by (seed, client); client 0 of a
   // one-client run walks the data exactly as centralised training does.
@@ -408,7 +408,6 @@ ClientUpdate FederatedTrainer::train_client(int64_t client,
   update.weights = weights_of(*model_);
   update.samples = static_cast<double>(size);
   for (const auto& [layer, names] : expert_parameters_) {
-    (void)names;
     if (!update.expert_tokens.count(layer)) {
       update.expert_tokens[layer] = at::zeros({global.at(names.front()).size(0)}, at::kDouble);
     }
@@ -489,8 +488,9 @@ int64_t FederatedTrainer::run(int64_t stop_after_round) {
     if (options_.dp_noise_multiplier() > 0) {
       at::Generator gen = generator_for(train_.seed(), 1000000 + static_cast<uint64_t>(round_));
       const double sigma = options_.dp_noise_multiplier() * options_.dp_clip() / static_cast<double>(participants);
+      const auto parameters = model_->named_parameters();  // noise on weights, not buffers
       for (auto& [name, value] : next) {
-        if (floating(value) && model_->named_parameters().contains(name)) {
+        if (floating(value) && parameters.contains(name)) {
           value = value + at::normal(0.0, sigma, value.sizes(), gen, value.options().dtype(at::kDouble)).to(value.scalar_type());
         }
       }

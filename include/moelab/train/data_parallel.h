@@ -68,6 +68,7 @@ class ExpertShards {
   int64_t first_ = 0, local_ = 0, total_ = 0;
   std::vector<std::pair<std::string, at::Tensor>> parameters_;
   std::set<std::string> names_;
+  std::set<const void*> impls_;  // the parameters' TensorImpls: holds() runs per parameter per step
 };
 
 /// StepOptions::sync for data parallelism. Gradients travel in buckets of about `bucket_bytes`

@@ -143,6 +143,8 @@ class FederatedTrainer {
   ClientUpdate train_client(int64_t client, const std::map<std::string, at::Tensor>& global,
                             double& mean_loss);
   void save_checkpoint();
+  // Optimiser steps a client holding `samples` samples takes in a round.
+  int64_t client_steps(int64_t samples) const;
   bool writes() const { return !collective_ || collective_->rank() == 0; }
 
   YAML::Node config_;
