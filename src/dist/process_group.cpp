@@ -5,12 +5,17 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/version.h>
+#if defined(MOELAB_WITH_NCCL)
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #include <yaml-cpp/yaml.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -20,10 +25,18 @@
 
 namespace moelab::dist {
 
+// What ProcessGroupGloo and ProcessGroupNCCL derive from: c10d::Backend since LibTorch 2.0.
+#if TORCH_VERSION_MAJOR >= 2
+using GroupBackend = c10d::Backend;
+#else
+using GroupBackend = c10d::ProcessGroup;
+#endif
+
 template <typename V>
 void visit(V& v, ParallelOptions& o) {
   v.field("timeout", o.timeout());
   v.field("expert", o.expert());
+  v.field("bucket_mb", o.bucket_mb());
 }
 MOELAB_DEFINE_OPTIONS_YAML(ParallelOptions)
 
@@ -32,6 +45,7 @@ void validate(const ParallelOptions& options, const std::string& where) {
     throw ConfigError(where + ".timeout: must be longer than 0");
   }
   if (options.expert() < 1) throw ConfigError(where + ".expert: must be >= 1");
+  if (!(options.bucket_mb() > 0)) throw ConfigError(where + ".bucket_mb: must be > 0");
 }
 
 namespace {
@@ -101,6 +115,35 @@ struct ProcessGroupCollective::Impl {
   double timeout_seconds = 60;
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  // The channel of start_all_reduce_sum: a second group, so that gradient buckets started
+  // during the backward pass never interleave with the main group's collectives (whose order,
+  // as Gloo matches them, must be the same on every rank).
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> background;
+#if defined(MOELAB_WITH_NCCL)
+  // CUDA tensors travel through NCCL (c10d's own choice for "cpu:gloo,cuda:nccl"): the same two
+  // channels, made at their first CUDA collective (NCCL builds its communicators lazily anyway).
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl, nccl_background;
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> make_nccl(const std::string& prefix) const {
+    auto options = c10d::ProcessGroupNCCL::Options::create();
+    options->timeout = to_milliseconds(timeout_seconds);
+    return c10::make_intrusive<c10d::ProcessGroupNCCL>(c10::make_intrusive<c10d::PrefixStore>(prefix, store),
+                                                       env.rank, env.world_size, options);
+  }
+#endif
+  // The group for collectives on `tensor`'s device (`in_background`: start_all_reduce_sum's).
+  c10::intrusive_ptr<GroupBackend> group_for(const at::Tensor& tensor, bool in_background) {
+    if (tensor.is_cuda()) {
+#if defined(MOELAB_WITH_NCCL)
+      auto& made = in_background ? nccl_background : nccl;
+      if (!made) made = make_nccl(in_background ? "moelab/nccl-background" : "moelab/nccl");
+      return made;
+#else
+      TORCH_CHECK(false, "collectives on CUDA tensors need NCCL: build moelab against a LibTorch with CUDA");
+#endif
+    }
+    if (in_background) return background;
+    return group;
+  }
   // Heartbeats: each rank bumps its counter in the store on a thread of its own (with a client
   // of its own: a store client is not shared between threads), so that after a failure the
   // survivors can tell which rank stopped.
@@ -226,6 +269,9 @@ ProcessGroupCollective::ProcessGroupCollective(const LaunchEnvironment& env, dou
     options->threads = 2;
     s.group = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::make_intrusive<c10d::PrefixStore>("moelab/gloo", s.store), env.rank, env.world_size, options);
+    s.background = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::make_intrusive<c10d::PrefixStore>("moelab/gloo-background", s.store), env.rank,
+        env.world_size, options);
     s.heartbeat_store = s.connect_store(false, false);
   } catch (const std::exception& e) {
     std::string cause = e.what();
@@ -256,12 +302,45 @@ void ProcessGroupCollective::all_reduce_sum(std::vector<at::Tensor>& tensors) {
     for (auto& tensor : tensors) {
       TORCH_CHECK(tensor.is_contiguous(), "all_reduce_sum: tensors must be contiguous");
       std::vector<at::Tensor> one{tensor};
-      works.push_back(impl_->group->allreduce(one));
+      works.push_back(impl_->group_for(tensor, false)->allreduce(one));
     }
   } catch (const std::exception& e) {
     impl_->fail("all-reduce", e);
   }
   for (auto& work : works) impl_->wait(work, "all-reduce");
+}
+
+namespace {
+class PendingWorks : public PendingSum {
+ public:
+  PendingWorks(std::function<void(const c10::intrusive_ptr<c10d::Work>&)> wait,
+               std::vector<c10::intrusive_ptr<c10d::Work>> works)
+      : wait_(std::move(wait)), works_(std::move(works)) {}
+  void wait() override {
+    for (auto& work : works_) wait_(work);
+    works_.clear();
+  }
+
+ private:
+  std::function<void(const c10::intrusive_ptr<c10d::Work>&)> wait_;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works_;
+};
+}  // namespace
+
+std::unique_ptr<PendingSum> ProcessGroupCollective::start_all_reduce_sum(std::vector<at::Tensor> tensors) {
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  try {
+    for (auto& tensor : tensors) {
+      TORCH_CHECK(tensor.is_contiguous(), "start_all_reduce_sum: tensors must be contiguous");
+      std::vector<at::Tensor> one{tensor};
+      works.push_back(impl_->group_for(tensor, true)->allreduce(one));
+    }
+  } catch (const std::exception& e) {
+    impl_->fail("all-reduce", e);
+  }
+  Impl* impl = impl_.get();
+  return std::make_unique<PendingWorks>(
+      [impl](const c10::intrusive_ptr<c10d::Work>& work) { impl->wait(work, "all-reduce"); }, std::move(works));
 }
 
 std::vector<std::string> ProcessGroupCollective::all_gather_text(const std::string& text) {
@@ -306,7 +385,9 @@ at::Tensor ProcessGroupCollective::all_to_all_rows(const at::Tensor& input,
   at::Tensor in = input.contiguous();
   // Gloo's all-to-all counts in rows of dimension 0.
   std::vector<int64_t> out_counts = recv_counts, in_counts = send_counts;
-  impl_->run("all-to-all", [&] { return impl_->group->alltoall_base(output, in, out_counts, in_counts); });
+  impl_->run("all-to-all", [&] {
+    return impl_->group_for(in, false)->alltoall_base(output, in, out_counts, in_counts);
+  });
   return output;
 }
 

@@ -33,6 +33,10 @@ bool expert_parallel(const YAML::Node& config, const std::shared_ptr<Collective>
   return expert > 1;
 }
 
+int64_t gradient_bucket_bytes(const YAML::Node& config) {
+  return static_cast<int64_t>(parallel_options(config).bucket_mb() * (1 << 20));
+}
+
 }  // namespace
 
 std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std::string& run_dir,
@@ -46,6 +50,7 @@ std::unique_ptr<train::Trainer> start_run(const YAML::Node& resolved, const std:
   train::RunParts parts = assemble_run(resolved);
   parts.collective = std::move(collective);
   parts.expert_parallel = split_experts;
+  parts.gradient_bucket_bytes = gradient_bucket_bytes(resolved);
   return std::make_unique<train::Trainer>(std::move(parts), run_dir);
 }
 
@@ -109,6 +114,7 @@ std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
   train::RunParts parts = assemble_run(config);
   parts.collective = std::move(collective);
   parts.expert_parallel = split_experts;
+  parts.gradient_bucket_bytes = gradient_bucket_bytes(config);
   return train::Trainer::resume(std::move(parts), run_dir, directory);
 }
 

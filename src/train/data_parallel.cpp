@@ -4,6 +4,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -120,13 +121,87 @@ void ExpertShards::convert_optimizer_state(torch::optim::Optimizer& optimizer, b
   }
 }
 
-DataParallelSync::DataParallelSync(Collective& collective, int64_t batch_size,
+DataParallelSync::DataParallelSync(Collective& collective, torch::nn::Module& model, int64_t batch_size,
                                    const ExpertShards* experts, int64_t bucket_bytes)
-    : collective_(collective), experts_(experts), bucket_bytes_(bucket_bytes) {
+    : collective_(collective), experts_(experts) {
   TORCH_CHECK(batch_size >= collective.world_size(), "data parallel: the batch of ", batch_size,
               " samples is smaller than the ", collective.world_size(), " ranks");
+  TORCH_CHECK(bucket_bytes > 0, "data parallel: bucket_bytes must be > 0");
   share_ = static_cast<double>(shard_of(batch_size, collective.rank(), collective.world_size()).size()) /
            static_cast<double>(batch_size);
+  // Buckets in the reverse order of the parameters (the backward pass's order), one dtype each;
+  // the first is small so that the exchange starts early.
+  const int64_t first_bucket_bytes = std::min<int64_t>(bucket_bytes, int64_t{1} << 20);
+  std::vector<at::Tensor> params = model.parameters();
+  std::reverse(params.begin(), params.end());
+  int64_t bytes = 0;
+  for (auto& param : params) {
+    if (!param.requires_grad() || (experts_ && experts_->holds(param))) continue;
+    const int64_t size = param.numel() * static_cast<int64_t>(param.element_size());
+    const int64_t cap = buckets_.size() <= 1 ? first_bucket_bytes : bucket_bytes;
+    if (buckets_.empty() || bytes >= cap ||
+        param.scalar_type() != slots_[buckets_.back().slots.front()].param.scalar_type()) {
+      buckets_.emplace_back();
+      bytes = 0;
+    }
+    Bucket& bucket = buckets_.back();
+    Slot slot;
+    slot.param = param;
+    slot.bucket = buckets_.size() - 1;
+    slot.offset = bucket.slots.empty() ? 0 : slots_[bucket.slots.back()].offset + slots_[bucket.slots.back()].param.numel();
+    bucket.slots.push_back(slots_.size());
+    slots_.push_back(slot);
+    bytes += size;
+  }
+  for (auto& bucket : buckets_) {
+    const Slot& last = slots_[bucket.slots.back()];
+    bucket.flat = at::empty({last.offset + last.param.numel()}, last.param.options().requires_grad(false));
+  }
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    hooks_.push_back(slots_[i].param.register_hook([this, i](const at::Tensor& grad) { on_gradient(i, grad); }));
+  }
+}
+
+DataParallelSync::~DataParallelSync() {
+  for (size_t i = 0; i < hooks_.size(); ++i) slots_[i].param.remove_hook(hooks_[i]);
+}
+
+void DataParallelSync::before_last_backward() {
+  armed_ = true;
+  next_bucket_ = 0;
+  for (auto& slot : slots_) slot.ready = false;
+  for (auto& bucket : buckets_) {
+    bucket.waiting = bucket.slots.size();
+    bucket.sum.reset();
+  }
+}
+
+// Hooks on leaves run before the gradient is added to .grad (which holds the earlier micro-
+// batches' sum): the bucket gets the step's whole gradient.
+void DataParallelSync::on_gradient(size_t index, const at::Tensor& grad) {
+  if (!armed_ || !grad.defined()) return;
+  Slot& slot = slots_[index];
+  Bucket& bucket = buckets_[slot.bucket];
+  TORCH_INTERNAL_ASSERT(!slot.ready && !bucket.sum, "data parallel: a second gradient for one parameter "
+                        "in one backward pass");
+  torch::NoGradGuard no_grad;
+  at::Tensor view = bucket.flat.narrow(0, slot.offset, slot.param.numel()).view_as(slot.param);
+  view.copy_(grad);
+  if (slot.param.grad().defined()) view.add_(slot.param.grad());
+  slot.ready = true;
+  --bucket.waiting;
+  start_ready_buckets();
+}
+
+void DataParallelSync::start_ready_buckets() {
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].waiting == 0) {
+    start(next_bucket_++);
+    ++started_early_;
+  }
+}
+
+void DataParallelSync::start(size_t index) {
+  buckets_[index].sum = collective_.start_all_reduce_sum({buckets_[index].flat});
 }
 
 void DataParallelSync::clip_gradients(torch::nn::Module& model, double max_norm) {
@@ -155,62 +230,48 @@ void DataParallelSync::clip_gradients(torch::nn::Module& model, double max_norm)
 }
 
 void DataParallelSync::synchronise(torch::nn::Module& model, StepResult& result) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start_time = std::chrono::steady_clock::now();
   torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> params;
-  for (auto& param : model.parameters()) {
-    if (experts_ && experts_->holds(param)) {
+  if (!armed_) before_last_backward();  // called without the step's hook: every bucket starts here
+  armed_ = false;
+  if (experts_ && !experts_->empty()) {
+    for (auto& param : model.parameters()) {
+      if (!experts_->holds(param)) continue;
       // Whole already (the experts' all-to-all brought every rank's share); defined always, as
       // the single-process tensor of all experts would be.
       if (!param.grad().defined()) param.mutable_grad() = at::zeros_like(param);
       // A non-finite expert gradient on one rank makes every rank skip the step.
       if (result.finite && !at::isfinite(param.grad()).all().item<bool>()) result.finite = false;
-      continue;
     }
-    params.push_back(param);
   }
+  // The buckets the backward pass did not complete: their missing gradients from .grad (no hook
+  // ran: the parameter had no gradient in the last micro-batch) or zeros.
+  for (size_t b = next_bucket_; b < buckets_.size(); ++b) {
+    for (size_t i : buckets_[b].slots) {
+      Slot& slot = slots_[i];
+      if (slot.ready) continue;
+      at::Tensor view = buckets_[b].flat.narrow(0, slot.offset, slot.param.numel());
+      if (slot.param.grad().defined()) {
+        view.copy_(slot.param.grad().reshape({-1}));
+      } else {
+        view.zero_();
+      }
+    }
+    start(b);
+  }
+  next_bucket_ = buckets_.size();
+
   // Per parameter: whether this rank has a gradient; then the finite flag (0 = finite) and the
   // loss sums, scaled by this rank's share so that their sums over ranks are the batch's.
-  at::Tensor header = at::zeros({static_cast<int64_t>(params.size()) + 4}, at::kDouble);
+  const size_t p = slots_.size();
+  at::Tensor header = at::zeros({static_cast<int64_t>(p) + 4}, at::kDouble);
   double* h = header.data_ptr<double>();
-  for (size_t i = 0; i < params.size(); ++i) h[i] = params[i].grad().defined() ? 1.0 : 0.0;
-  const size_t p = params.size();
+  for (size_t i = 0; i < p; ++i) h[i] = slots_[i].param.grad().defined() ? 1.0 : 0.0;
   h[p] = result.finite ? 0.0 : 1.0;  // summed: 0 only if every rank is finite
   h[p + 1] = share_ * result.loss_sum;
   h[p + 2] = share_ * result.task_loss_sum;
   h[p + 3] = share_ * result.aux_loss_sum;
-
-  // Gradients (each rank's loss was scaled by its share: StepOptions::loss_scale), in flat
-  // buckets of one dtype.
-  std::vector<at::Tensor> grads;
-  for (auto& param : params) {
-    if (!param.grad().defined()) param.mutable_grad() = at::zeros_like(param);
-    grads.push_back(param.grad());
-  }
-  std::vector<std::vector<size_t>> buckets;
-  std::vector<at::Tensor> flats;
-  {
-    std::vector<size_t> current;
-    int64_t bytes = 0;
-    for (size_t i = 0; i < grads.size(); ++i) {
-      const bool new_bucket = !current.empty() && (bytes >= bucket_bytes_ ||
-                                                   grads[i].scalar_type() != grads[current[0]].scalar_type());
-      if (new_bucket) {
-        buckets.push_back(std::move(current));
-        current.clear();
-        bytes = 0;
-      }
-      current.push_back(i);
-      bytes += grads[i].numel() * static_cast<int64_t>(grads[i].element_size());
-    }
-    if (!current.empty()) buckets.push_back(std::move(current));
-  }
   std::vector<at::Tensor> sent{header};
-  for (const auto& bucket : buckets) {
-    std::vector<at::Tensor> parts;
-    for (size_t i : bucket) parts.push_back(grads[i].reshape({-1}));
-    sent.push_back(at::cat(parts));
-  }
   // Aux-free routers' load counts since their last bias update.
   std::vector<at::Tensor> load_counts;
   for (auto& child : model.modules(/*include_self=*/true)) {
@@ -226,19 +287,26 @@ void DataParallelSync::synchronise(torch::nn::Module& model, StepResult& result)
   result.loss_sum = h[p + 1];
   result.task_loss_sum = h[p + 2];
   result.aux_loss_sum = h[p + 3];
-  for (size_t b = 0; b < buckets.size(); ++b) {
-    int64_t offset = 0;
-    for (size_t i : buckets[b]) {
-      const int64_t n = grads[i].numel();
-      grads[i].copy_(sent[b + 1].narrow(0, offset, n).view_as(grads[i]));
-      offset += n;
-    }
+  for (size_t c = 0; c < load_counts.size(); ++c) load_counts[c].copy_(sent[1 + c]);
+  // Each rank's loss was scaled by its share (StepOptions::loss_scale): the sums are the batch's.
+  for (auto& bucket : buckets_) {
+    bucket.sum->wait();
+    bucket.sum.reset();
   }
   for (size_t i = 0; i < p; ++i) {
-    if (h[i] == 0.0) params[i].mutable_grad() = at::Tensor();  // no rank had a gradient
+    Slot& slot = slots_[i];
+    if (h[i] == 0.0) {
+      slot.param.mutable_grad() = at::Tensor();  // no rank had a gradient
+      continue;
+    }
+    const at::Tensor summed = buckets_[slot.bucket].flat.narrow(0, slot.offset, slot.param.numel()).view_as(slot.param);
+    if (slot.param.grad().defined()) {
+      slot.param.mutable_grad().copy_(summed);
+    } else {
+      slot.param.mutable_grad() = summed.clone();
+    }
   }
-  for (size_t c = 0; c < load_counts.size(); ++c) load_counts[c].copy_(sent[1 + buckets.size() + c]);
-  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
 }
 
 }  // namespace moelab::train

@@ -2,17 +2,76 @@
 
 #include <torch/torch.h>
 
+#include "moelab/train/data_parallel.h"
+
 namespace moelab::train {
 
+namespace {
+
+nlohmann::json to_json(const at::Tensor& counts) {  // (classes, E) int64
+  nlohmann::json rows = nlohmann::json::array();
+  const at::Tensor c = counts.contiguous();
+  for (int64_t i = 0; i < c.size(0); ++i) {
+    const int64_t* row = c[i].data_ptr<int64_t>();
+    rows.push_back(std::vector<int64_t>(row, row + c.size(1)));
+  }
+  return rows;
+}
+
+at::Tensor counts_from_json(const nlohmann::json& rows) {
+  std::vector<at::Tensor> out;
+  for (const auto& row : rows) out.push_back(at::tensor(row.get<std::vector<int64_t>>(), at::kLong));
+  return at::stack(out);
+}
+
+// Every rank's sums added, in rank order on every rank (so all of them hold the same result).
+void gather_evaluation(Collective& collective, MetricAccumulator& metrics, Evaluation& result) {
+  nlohmann::json mine{{"metrics", metrics.state()},
+                      {"class_expert", nlohmann::json::array()},
+                      {"expert_loss", nlohmann::json::array()}};
+  for (const auto& counts : result.class_expert) mine["class_expert"].push_back(to_json(counts));
+  for (const auto& tally : result.expert_loss) mine["expert_loss"].push_back(tally.state());
+  nlohmann::json merged_metrics = nullptr, class_expert = nlohmann::json::array(),
+                 expert_loss = nlohmann::json::array();
+  for (const auto& text : collective.all_gather_text(mine.dump())) {
+    const nlohmann::json theirs = nlohmann::json::parse(text);
+    merged_metrics = merged_metrics.is_null() ? theirs["metrics"] : metrics.add_states(merged_metrics, theirs["metrics"]);
+    class_expert = add_json_sums(class_expert, theirs["class_expert"]);
+    expert_loss = add_json_sums(expert_loss, theirs["expert_loss"]);
+  }
+  metrics.load_state(merged_metrics);
+  result.class_expert.clear();
+  for (const auto& layer : class_expert) result.class_expert.push_back(counts_from_json(layer));
+  result.expert_loss.resize(expert_loss.size());
+  for (size_t l = 0; l < expert_loss.size(); ++l) result.expert_loss[l].load_state(expert_loss[l]);
+}
+
+}  // namespace
+
 Evaluation evaluate(models::Model& model, const data::DataSource& source, const Task& task,
-                    int64_t batch_size, Precision precision, int64_t num_classes) {
+                    int64_t batch_size, Precision precision, int64_t num_classes,
+                    const EvaluationRanks& ranks) {
   Evaluation result;
   auto metrics = task.accumulator();
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
+  Collective* collective = ranks.collective && ranks.collective->world_size() > 1 ? ranks.collective : nullptr;
   for (int64_t start = 0; start < source.size(); start += batch_size) {
-    const data::Batch batch = source.range(start, std::min(batch_size, source.size() - start));
+    const int64_t size = std::min(batch_size, source.size() - start);
+    int64_t first = start, count = size;
+    bool discard = false;
+    if (collective) {
+      const Shard shard = shard_of(size, collective->rank(), collective->world_size());
+      first = start + shard.begin;
+      count = shard.size();
+      if (count == 0) {
+        if (!ranks.lockstep) continue;
+        count = 1;
+        discard = true;
+      }
+    }
+    const data::Batch batch = source.range(first, count);
     models::ModelOutput out;
     at::Tensor sample_loss;
     {
@@ -21,6 +80,7 @@ Evaluation evaluate(models::Model& model, const data::DataSource& source, const 
       out = model.forward(batch);
       sample_loss = task.sample_loss(out, batch);
     }
+    if (discard) continue;
     metrics->add(out, batch, sample_loss);
     if (num_classes > 0) {
       const at::Tensor& labels = batch.at(data::kTargets);
@@ -36,6 +96,7 @@ Evaluation evaluate(models::Model& model, const data::DataSource& source, const 
     }
   }
   model.train(was_training);
+  if (collective) gather_evaluation(*collective, *metrics, result);
   result.metrics = metrics->result();
   return result;
 }

@@ -74,6 +74,7 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
       loss = task_loss + output.aux_loss.to(at::kFloat);
     }
     clock.charge(&StepTimes::forward);
+    if (options.sync && micro + 1 == options.grad_accumulation) options.sync->before_last_backward();
     (loss * (options.loss_scale / static_cast<double>(options.grad_accumulation))).backward();
     clock.charge(&StepTimes::backward);
     const double loss_value = loss.item<double>();

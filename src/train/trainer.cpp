@@ -131,7 +131,7 @@ const std::vector<std::string>& resume_overridable_keys() {
       "train.max_steps",        "train.epochs",   "train.max_time",
       "train.checkpoint_every", "train.checkpoint_every_minutes",
       "train.keep_last",        "train.monitor.patience", "parallel.timeout",
-      "parallel.expert"};
+      "parallel.expert",        "parallel.bucket_mb"};
   return keys;
 }
 
@@ -188,7 +188,8 @@ Trainer::Trainer(RunParts parts, const std::string& run_dir, Resumed)
                         std::to_string(collective_->world_size()) + "): each computes a shard of every batch");
     }
     if (parts.expert_parallel) expert_shards_ = ExpertShards(*collective_, *model_);
-    sync_ = std::make_unique<DataParallelSync>(*collective_, options_.batch_size(), &expert_shards_);
+    sync_ = std::make_unique<DataParallelSync>(*collective_, *model_, options_.batch_size(), &expert_shards_,
+                                               parts.gradient_bucket_bytes);
   } else {
     collective_ = nullptr;  // one process: nothing to exchange
   }
@@ -470,7 +471,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
                                (options_.eval_each_epoch() && epoch_exhausted()));
     if (evaluate_now) {
       const auto evaluation_start = Clock::now();
-      const Evaluation result = evaluate(*model_, *data_.val, *task_, eval_batch, precision_);
+      const Evaluation result = evaluate(*model_, *data_.val, *task_, eval_batch, precision_, 0, ranks());
       model_->train();
       summary.evaluated = true;
       summary.val = result.metrics;
@@ -536,7 +537,7 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
         load_weights(checkpoint_path(run_dir_, weights_step));
       }
       const Evaluation test = evaluate(*model_, *set, *task_, eval_batch, precision_,
-                                       static_cast<int64_t>(data_.class_names.size()));
+                                       static_cast<int64_t>(data_.class_names.size()), ranks());
       model_->train();
       nlohmann::json layers = nlohmann::json::array();
       for (size_t l = 0; l < test.class_expert.size(); ++l) {

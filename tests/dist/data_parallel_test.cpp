@@ -17,6 +17,7 @@
 #include "moelab/run/run_config.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/data_parallel.h"
+#include "moelab/train/evaluation.h"
 #include "moelab/train/run_directory.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/errors.h"
@@ -38,7 +39,10 @@ YAML::Node dist_tiny_config(int64_t max_steps, std::vector<std::string> extra = 
            "train.max_steps=" + std::to_string(max_steps), "train.batch_size=31",
            "train.grad_accumulation=2", "train.clip_grad_norm=1.0", "train.log_every=5",
            "train.eval_every=10", "train.checkpoint_every=10", "train.schedule.kind=cosine",
-           "train.schedule.warmup_steps=3", "train.optimizer.lr=0.01"};
+           "train.schedule.warmup_steps=3", "train.optimizer.lr=0.01",
+           // Gradient buckets of ~500 bytes: many of them start during the backward pass,
+           // beside the experts' all-to-all under expert parallelism.
+           "parallel.bucket_mb=0.0005"};
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   return moelab::run::resolve_run_config({}, overrides);
 }
@@ -68,6 +72,16 @@ void expect_close_weights(const std::map<std::string, at::Tensor>& a,
     EXPECT_TRUE(at::allclose(tensor, b.at(name), tolerance, tolerance))
         << name << ": max difference " << (tensor - b.at(name)).abs().max().item<double>();
   }
+}
+
+std::vector<nlohmann::json> metric_lines(const std::string& run_dir, const std::string& kind) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json parsed = nlohmann::json::parse(line);
+    if (parsed["kind"] == kind) lines.push_back(std::move(parsed));
+  }
+  return lines;
 }
 
 void expect_equal_weights(const std::map<std::string, at::Tensor>& a,
@@ -165,6 +179,17 @@ TEST_F(DistDataParallelTest, TwoRanksGiveOneProcesssWeightsAndResumeOnAnyNumberO
   for (std::string line; std::getline(single_in, line);) single_lines.push_back(nlohmann::json::parse(line));
   ASSERT_EQ(lines.size(), single_lines.size());
   for (size_t i = 0; i < lines.size(); ++i) {
+    // Evaluations in shards, their sums gathered: the single process's numbers and routing.
+    if (lines[i]["kind"] == "eval") {
+      EXPECT_NEAR(lines[i]["val_loss"].get<double>(), single_lines[i]["val_loss"].get<double>(), 1e-5);
+      EXPECT_NEAR(lines[i]["val_accuracy"].get<double>(), single_lines[i]["val_accuracy"].get<double>(), 0.01);
+    }
+    if (lines[i]["kind"] == "test") {
+      EXPECT_EQ(lines[i]["samples"], single_lines[i]["samples"]);
+      for (size_t l = 0; l < 2; ++l) {
+        EXPECT_EQ(lines[i]["moe_layers"][l]["class_expert"], single_lines[i]["moe_layers"][l]["class_expert"]) << l;
+      }
+    }
     if (lines[i]["kind"] != "train") continue;
     EXPECT_EQ(lines[i]["processes"], 2);
     EXPECT_NEAR(lines[i]["loss"].get<double>(), single_lines[i]["loss"].get<double>(), 1e-5);
@@ -250,7 +275,131 @@ MOELAB_TEST_WORKER(collective_operations) {
     for (int64_t i = 0; i < recv[q]; ++i) expected.push_back(at::tensor({float(q), float(r), float(i)}));
   }
   check(at::equal(received, expected.empty() ? at::empty({0, 3}) : at::stack(expected)), "all_to_all_rows");
+  // Background sums travel on a channel of their own: rank 0 starts one before the main
+  // channel's exchanges, the others after them, and every result is still right.
+  std::vector<at::Tensor> main_sum{at::full({5}, float(r + 1))};
+  std::unique_ptr<PendingSum> background;
+  const at::Tensor bucket = at::arange(50000, at::kFloat) * (r + 1);
+  if (r == 0) background = group.start_all_reduce_sum({bucket});
+  group.all_reduce_sum(main_sum);
+  const at::Tensor again = group.all_to_all_rows(input, send, recv);
+  if (r != 0) background = group.start_all_reduce_sum({bucket});
+  background->wait();
+  check(at::equal(bucket, at::arange(50000, at::kFloat) * ranks_sum), "start_all_reduce_sum");
+  check(at::equal(main_sum[0], at::full({5}, float(ranks_sum))), "all_reduce_sum beside a background sum");
+  check(at::equal(again, received), "all_to_all_rows beside a background sum");
   return failures;
+}
+
+namespace {
+// Four parameters registered w_unused, w1, w2, w3 (buckets run the other way) and a frozen one.
+struct OverlapNet : torch::nn::Module {
+  at::Tensor w_unused = register_parameter("w_unused", at::full({3}, 0.5));
+  at::Tensor w1 = register_parameter("w1", at::linspace(-1, 1, 12).reshape({4, 3}));
+  at::Tensor w2 = register_parameter("w2", at::linspace(0.5, -0.5, 6).reshape({3, 2}));
+  at::Tensor w3 = register_parameter("w3", at::tensor({0.3f, -0.7f}));
+  at::Tensor frozen = register_parameter("frozen", at::ones({2}), /*requires_grad=*/false);
+  // Rank `rank`'s loss on micro-batch `micro`; w3 is left out of rank 1's last micro-batch.
+  at::Tensor loss(int rank, int micro) {
+    const at::Tensor x = at::linspace(-1, 1, 8).reshape({2, 4}) * (rank + 1) + micro;
+    at::Tensor h = at::tanh(x.matmul(w1)).matmul(w2) * frozen;
+    if (!(rank == 1 && micro == 1)) h = h + w3;
+    return h.pow(2).mean();
+  }
+};
+}  // namespace
+
+// Each rank runs two micro-batches through a DataParallelSync of one parameter per bucket and
+// checks the summed gradients against the sum of every rank's micro-batches, computed alone.
+MOELAB_TEST_WORKER(overlapped_gradients) {
+  using namespace moelab;
+  dist::ProcessGroupCollective group(dist::launch_environment(), 20.0);
+  const int r = group.rank(), n = group.world_size();
+  const int64_t batch = 5;
+  auto owned = std::make_shared<OverlapNet>();  // modules(include_self) needs a shared_ptr
+  OverlapNet& net = *owned;
+  train::DataParallelSync sync(group, net, batch, nullptr, /*bucket_bytes=*/4);
+  train::StepResult result;
+  result.loss_sum = 10.0 * (r + 1);
+  (net.loss(r, 0) * (sync.loss_scale() / 2)).backward();
+  sync.before_last_backward();
+  (net.loss(r, 1) * (sync.loss_scale() / 2)).backward();
+  sync.synchronise(net, result);
+
+  OverlapNet alone;
+  double loss_sum = 0;
+  for (int q = 0; q < n; ++q) {
+    const double share = static_cast<double>(train::shard_of(batch, q, n).size()) / batch;
+    for (int micro = 0; micro < 2; ++micro) (alone.loss(q, micro) * (share / 2)).backward();
+    loss_sum += share * 10.0 * (q + 1);
+  }
+  int failures = 0;
+  auto check = [&](bool ok, const std::string& what) {
+    if (!ok) {
+      std::cerr << "rank " << r << ": " << what << "\n";
+      ++failures;
+    }
+  };
+  check(sync.buckets() == 4, "4 buckets (the frozen parameter is not sent), got " + std::to_string(sync.buckets()));
+  // w3, w2 and w1 came during the last backward pass; on rank 1 without w3, the first bucket.
+  check(sync.buckets_started_early() == (r == 1 ? 0 : 3),
+        "buckets started during the backward pass: " + std::to_string(sync.buckets_started_early()));
+  for (const char* name : {"w1", "w2", "w3"}) {
+    const at::Tensor got = net.named_parameters()[name].grad(), want = alone.named_parameters()[name].grad();
+    check(got.defined() && at::allclose(got, want, 1e-6, 1e-7), std::string("gradient of ") + name);
+  }
+  check(!net.w_unused.grad().defined() && !net.frozen.grad().defined(), "no gradient where no rank had one");
+  check(std::abs(result.loss_sum - loss_sum) < 1e-9, "loss sum of the global batch");
+  return failures;
+}
+
+// Each rank evaluates its shards of 7 samples in batches of 3 (the last one: a single sample, so
+// some ranks hold none and run one in lockstep for the experts' exchange) with the experts split
+// over the ranks, and compares the gathered evaluation with the whole model's, computed alone.
+MOELAB_TEST_WORKER(sharded_evaluation) {
+  using namespace moelab;
+  dist::ProcessGroupCollective group(dist::launch_environment(), 20.0);
+  const YAML::Node config = dist_tiny_config(1);
+  train::RunParts whole = run::assemble_run(config), split = run::assemble_run(config);
+  train::ExpertShards shards(group, *split.model);
+  const auto source = whole.data.val->subset(at::arange(7));
+  const auto alone = train::evaluate(*whole.model, *source, *whole.task, 3, Precision::kFloat32, 3);
+  const auto together = train::evaluate(*split.model, *source, *split.task, 3, Precision::kFloat32, 3,
+                                        {&group, /*lockstep=*/true});
+  int failures = 0;
+  auto check = [&](bool ok, const std::string& what) {
+    if (!ok) {
+      std::cerr << "rank " << group.rank() << ": " << what << "\n";
+      ++failures;
+    }
+  };
+  check(together.samples() == 7, "samples " + std::to_string(together.samples()));
+  check(std::abs(together.metric("loss") - alone.metric("loss")) < 1e-6, "loss");
+  check(together.metric("accuracy") == alone.metric("accuracy"), "accuracy");
+  check(together.class_expert.size() == 2 && alone.class_expert.size() == 2, "two MoE layers");
+  for (size_t l = 0; l < 2 && l < together.class_expert.size(); ++l) {
+    check(at::equal(together.class_expert[l], alone.class_expert[l]), "class x expert counts");
+    check(together.expert_loss[l].counts() == alone.expert_loss[l].counts(), "expert samples");
+    const auto got = together.expert_loss[l].mean_loss(), want = alone.expert_loss[l].mean_loss();
+    for (size_t e = 0; e < want.size() && e < got.size(); ++e) {
+      check(std::isnan(want[e]) ? std::isnan(got[e]) : std::abs(got[e] - want[e]) < 1e-6, "expert loss");
+    }
+  }
+  return failures;
+}
+
+TEST(DistCollectiveTest, EvaluationInShardsGathersTheWholeEvaluation) {
+  for (int nproc : {2, 4}) {
+    const auto run = moelab::testing::launch_workers("sharded_evaluation", nproc);
+    EXPECT_EQ(run.status, 0) << nproc << " ranks:\n" << run.output;
+  }
+}
+
+TEST(DistCollectiveTest, GradientBucketsStartDuringTheBackwardPassAndSumEveryRanksMicroBatches) {
+  for (int nproc : {2, 3}) {
+    const auto run = moelab::testing::launch_workers("overlapped_gradients", nproc);
+    EXPECT_EQ(run.status, 0) << nproc << " ranks:\n" << run.output;
+  }
 }
 
 TEST(DistCollectiveTest, SumsGathersTextsAndExchangesRowsOverGloo) {
@@ -268,6 +417,17 @@ TEST_F(DistDataParallelTest, ExpertParallelTrainingMatchesOneProcessAndCheckpoin
   ASSERT_EQ(split.status, 0) << split.output;
   const auto straight = weights_of(path("run/checkpoints/step-00000020/model.safetensors"));
   expect_close_weights(single, straight, 1e-5);
+  // Its evaluations ran in shards in lockstep (the experts' exchanges): the single process's.
+  const auto evals = metric_lines(path("run"), "eval"), single_evals = metric_lines(path("single"), "eval");
+  ASSERT_EQ(evals.size(), single_evals.size());
+  for (size_t i = 0; i < evals.size(); ++i) {
+    EXPECT_NEAR(evals[i]["val_loss"].get<double>(), single_evals[i]["val_loss"].get<double>(), 1e-5);
+  }
+  const auto test = metric_lines(path("run"), "test").at(0), single_test = metric_lines(path("single"), "test").at(0);
+  for (size_t l = 0; l < 2; ++l) {
+    EXPECT_EQ(test["moe_layers"][l]["class_expert"], single_test["moe_layers"][l]["class_expert"]) << l;
+    EXPECT_EQ(test["moe_layers"][l]["samples"], single_test["moe_layers"][l]["samples"]) << l;
+  }
   const auto rank1 = weights_of(rank_weights(1));
   EXPECT_EQ(rank1.at("moe0.experts.w_in").size(0), 2);
   EXPECT_TRUE(at::equal(rank1.at("moe0.experts.w_in"), straight.at("moe0.experts.w_in").narrow(0, 2, 2)));

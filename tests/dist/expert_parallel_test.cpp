@@ -97,6 +97,7 @@ TEST(DistExpertParallelTest, RefusesExpertsThatDoNotSplitEvenly) {
     int rank() const override { return 0; }
     int world_size() const override { return 3; }
     void all_reduce_sum(std::vector<at::Tensor>&) override {}
+    std::unique_ptr<moelab::PendingSum> start_all_reduce_sum(std::vector<at::Tensor>) override { return nullptr; }
     std::vector<std::string> all_gather_text(const std::string& t) override { return {t, t, t}; }
     at::Tensor all_to_all_rows(const at::Tensor& in, const std::vector<int64_t>&,
                                const std::vector<int64_t>&) override {

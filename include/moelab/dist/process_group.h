@@ -34,6 +34,10 @@ struct ParallelOptions {
   /// the routed experts of each MoE layer are split over this many processes, which must be all
   /// of them (E a multiple of it). May change on resume, with the number of processes. Default 1.
   TORCH_ARG(int64_t, expert) = 1;
+  /// Data parallelism sends the gradients in buckets of about this many megabytes, each as soon
+  /// as the backward pass has produced all of its gradients (the first bucket holds at most 1 MB,
+  /// as in PyTorch's DDP, so that the exchange starts early). Default 25.
+  TORCH_ARG(double, bucket_mb) = 25;
 };
 YAML::Node to_yaml(const ParallelOptions& options);
 void from_yaml(const YAML::Node& node, ParallelOptions& options, const std::string& where);
@@ -67,6 +71,7 @@ class ProcessGroupCollective : public Collective {
   int rank() const override;
   int world_size() const override;
   void all_reduce_sum(std::vector<at::Tensor>& tensors) override;
+  std::unique_ptr<PendingSum> start_all_reduce_sum(std::vector<at::Tensor> tensors) override;
   std::vector<std::string> all_gather_text(const std::string& text) override;
   at::Tensor all_to_all_rows(const at::Tensor& input, const std::vector<int64_t>& send_counts,
                              const std::vector<int64_t>& recv_counts) override;

@@ -71,30 +71,65 @@ class ExpertShards {
   std::set<const void*> impls_;  // the parameters' TensorImpls: holds() runs per parameter per step
 };
 
-/// StepOptions::sync for data parallelism. Gradients travel in buckets of about `bucket_bytes`
-/// (all sent, then all awaited); a parameter without a gradient on this rank (an expert no local
-/// token chose) takes part with zeros, and is left without one only if no rank had one, as in
-/// one process. The routing load counts of aux-free routers are summed too, so every rank moves
-/// its biases alike; the step's finite flag and loss sums become the global batch's.
+/// StepOptions::sync for data parallelism. The gradients travel in buckets of about
+/// `bucket_bytes` (the first at most 1 MB), in the reverse order of the model's parameters, the
+/// order the backward pass produces them: during the step's last backward pass a hook on each
+/// parameter copies its gradient into its bucket, and a bucket whose gradients are all there
+/// starts its sum over ranks at once (after the buckets before it, so every rank starts the same
+/// sequence) while the backward pass goes on, as PyTorch's DDP does. synchronise() sends the
+/// buckets still waiting for a gradient: a parameter without one on this rank (an expert no
+/// local token chose) takes part with zeros, and is left without a gradient only if no rank had
+/// one, as in one process. The routing load counts of aux-free routers are summed too, so every
+/// rank moves its biases alike; the step's finite flag and loss sums become the global batch's.
 class DataParallelSync : public GradientSync {
  public:
   /// `experts`: parameters that hold this rank's experts only (their gradients arrive whole
-  /// through the experts' all-to-all and are not summed again); may be empty.
-  DataParallelSync(Collective& collective, int64_t batch_size, const ExpertShards* experts = nullptr,
-                   int64_t bucket_bytes = int64_t{25} << 20);
+  /// through the experts' all-to-all and are not summed again); may be empty. Parameters that
+  /// do not require a gradient (frozen ones) are not sent.
+  DataParallelSync(Collective& collective, torch::nn::Module& model, int64_t batch_size,
+                   const ExpertShards* experts = nullptr, int64_t bucket_bytes = int64_t{25} << 20);
+  ~DataParallelSync() override;
+  DataParallelSync(const DataParallelSync&) = delete;
+  DataParallelSync& operator=(const DataParallelSync&) = delete;
   /// The factor each rank's loss is multiplied by before its backward pass (StepOptions::
   /// loss_scale): its shard's share of the batch, so that the sums over ranks are the batch's.
   double loss_scale() const { return share_; }
+  void before_last_backward() override;
   void synchronise(torch::nn::Module& model, StepResult& result) override;
   void clip_gradients(torch::nn::Module& model, double max_norm) override;
-  /// Seconds spent in synchronise since construction: the communication of data parallelism.
+  /// Seconds spent in synchronise since construction: the communication of data parallelism
+  /// that the backward pass did not hide.
   double seconds() const { return seconds_; }
+  /// The number of buckets, and how many of them started during backward passes so far.
+  int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  int64_t buckets_started_early() const { return started_early_; }
 
  private:
+  struct Slot {  // a parameter's place in its bucket
+    at::Tensor param;
+    size_t bucket = 0;
+    int64_t offset = 0;
+    bool ready = false;
+  };
+  struct Bucket {
+    at::Tensor flat;  // (elements) of the parameters' dtype
+    std::vector<size_t> slots;
+    size_t waiting = 0;
+    std::unique_ptr<PendingSum> sum;
+  };
+  void on_gradient(size_t slot, const at::Tensor& grad);
+  void start_ready_buckets();
+  void start(size_t bucket);
+
   Collective& collective_;
   const ExpertShards* experts_;
   double share_;  // this rank's shard size / the global batch size
-  int64_t bucket_bytes_;
+  std::vector<Slot> slots_;
+  std::vector<Bucket> buckets_;
+  std::vector<unsigned> hooks_;
+  bool armed_ = false;  // inside the step's last backward pass
+  size_t next_bucket_ = 0;
+  int64_t started_early_ = 0;
   double seconds_ = 0;
 };
 

@@ -43,6 +43,9 @@ struct StepResult;
 class GradientSync {
  public:
   virtual ~GradientSync() = default;
+  /// Called just before the backward pass of a step's last micro-batch (the exchange may start
+  /// during it).
+  virtual void before_last_backward() {}
   virtual void synchronise(torch::nn::Module& model, StepResult& result) = 0;
   /// Scales the gradients so that their global norm (over every rank's parameters: with expert
   /// parallelism each rank holds other experts) is at most `max_norm`, as one process would.

@@ -33,6 +33,7 @@
 #include "moelab/data/dataset.h"
 #include "moelab/models/model.h"
 #include "moelab/train/data_parallel.h"
+#include "moelab/train/evaluation.h"
 #include "moelab/train/optimizer.h"
 #include "moelab/train/progress.h"
 #include "moelab/train/routing_stats.h"
@@ -109,6 +110,8 @@ struct RunParts {
   /// Split the MoE layers' routed experts over the collective's ranks (parallel.expert) instead
   /// of copying them; ignored in one process.
   bool expert_parallel = false;
+  /// Data parallelism's gradient buckets (parallel.bucket_mb).
+  int64_t gradient_bucket_bytes = int64_t{25} << 20;
 };
 
 enum class StopReason { kCompleted, kEarlyStopping, kTimeLimit, kSignal };
@@ -188,6 +191,8 @@ class Trainer {
   // start over), so its lines and checkpoints hold the global batch's numbers.
   void gather_sums();
   bool writes() const { return !collective_ || collective_->rank() == 0; }
+  // Evaluation in shards over the ranks.
+  EvaluationRanks ranks() const { return {collective_.get(), !expert_shards_.empty()}; }
   double seconds_trained() const;
 
   YAML::Node config_;

@@ -1,0 +1,105 @@
+// Checks that need a GPU and a LibTorch with CUDA (an official CUDA LibTorch, or the one inside
+// PyTorch's wheel); CI has neither, so this is not part of `make test`: tests/cuda/run.sh builds
+// moelab against such a LibTorch and runs it (see that script). Exit status 0 when every check
+// passed; each failed check prints one line.
+//
+//   1. Collectives on CUDA tensors go through NCCL beside Gloo's CPU ones: sums, background sums
+//      and the all-to-all of rows, on every rank (WORLD_SIZE ranks, one GPU each by LOCAL_RANK).
+//   2. The MoE layer on the GPU gives the CPU's outputs and gradients (float32, top-2 of 8).
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "moelab/dist/process_group.h"
+#include "moelab/nn/moe_layer.h"
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const std::string& what) {
+  if (!ok) {
+    std::cerr << "FAILED: " << what << "\n";
+    ++failures;
+  } else {
+    std::cout << "ok: " << what << "\n";
+  }
+}
+
+void check_collectives(const moelab::dist::LaunchEnvironment& env) {
+  moelab::dist::ProcessGroupCollective group(env, 60.0);
+  const int r = group.rank(), n = group.world_size();
+  const at::Device gpu(at::kCUDA, env.local_rank % static_cast<int>(torch::cuda::device_count()));
+  const double ranks_sum = n * (n + 1) / 2.0;
+  std::vector<at::Tensor> sums{at::arange(100000, at::TensorOptions(at::kFloat).device(gpu)) * (r + 1),
+                               at::full({3}, 1.0 * (r + 1), at::kDouble)};  // one on the GPU, one on the CPU
+  group.all_reduce_sum(sums);
+  check(at::equal(sums[0].cpu(), at::arange(100000, at::kFloat) * ranks_sum), "NCCL all_reduce_sum");
+  check(at::equal(sums[1], at::full({3}, ranks_sum, at::kDouble)), "Gloo all_reduce_sum beside it");
+  at::Tensor bucket = at::full({1 << 20}, float(r + 1), at::TensorOptions(at::kFloat).device(gpu));
+  auto pending = group.start_all_reduce_sum({bucket});
+  pending->wait();
+  check(at::equal(bucket.cpu(), at::full({1 << 20}, float(ranks_sum))), "NCCL start_all_reduce_sum");
+  // Rank q sends (q + d) % 3 + 1 rows to rank d, row [q, d, i].
+  std::vector<int64_t> send(n), recv(n);
+  std::vector<at::Tensor> rows, expected;
+  for (int d = 0; d < n; ++d) {
+    send[d] = (r + d) % 3 + 1;
+    recv[d] = (d + r) % 3 + 1;
+    for (int64_t i = 0; i < send[d]; ++i) rows.push_back(at::tensor({float(r), float(d), float(i)}));
+    for (int64_t i = 0; i < recv[d]; ++i) expected.push_back(at::tensor({float(d), float(r), float(i)}));
+  }
+  const at::Tensor received = group.all_to_all_rows(at::stack(rows).to(gpu), send, recv);
+  check(received.is_cuda() && at::equal(received.cpu(), at::stack(expected)), "NCCL all_to_all_rows");
+  group.barrier();
+}
+
+void check_moe_layer_on_gpu() {
+  torch::manual_seed(0);
+  moelab::nn::MoELayerOptions options(/*d_model=*/64, /*d_ff=*/128, /*num_experts=*/8);
+  options.router().kind(moelab::nn::RouterKind::kTopK).top_k(2);
+  moelab::nn::MoELayer cpu_layer(options);
+  auto gpu_layer = std::dynamic_pointer_cast<moelab::nn::MoELayerImpl>(cpu_layer->clone(at::Device(at::kCUDA)));
+  const at::Tensor x = torch::randn({4, 16, 64});
+  const at::Tensor x_cpu = x.clone().requires_grad_(true), x_gpu = x.cuda().requires_grad_(true);
+  auto out_cpu = cpu_layer->forward(x_cpu), out_gpu = gpu_layer->forward(x_gpu);
+  check(out_gpu.output.is_cuda(), "MoE layer output stays on the GPU");
+  check(at::allclose(out_gpu.output.cpu(), out_cpu.output, 1e-4, 1e-5), "MoE layer output GPU == CPU");
+  (out_cpu.output.pow(2).sum() + out_cpu.aux_loss).backward();
+  (out_gpu.output.pow(2).sum() + out_gpu.aux_loss).backward();
+  check(at::allclose(x_gpu.grad().cpu(), x_cpu.grad(), 1e-3, 1e-4), "MoE layer input gradient GPU == CPU");
+  const auto cpu_params = cpu_layer->named_parameters(), gpu_params = gpu_layer->named_parameters();
+  for (const auto& item : cpu_params) {
+    const at::Tensor& g = gpu_params[item.key()].grad();
+    check(g.defined() && at::allclose(g.cpu(), item.value().grad(), 1e-3, 1e-4),
+          "MoE layer gradient of " + item.key() + " GPU == CPU");
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::cout << "LibTorch " << TORCH_VERSION << ", CUDA available: " << torch::cuda::is_available()
+            << ", devices: " << torch::cuda::device_count() << "\n";
+  if (!torch::cuda::is_available()) {
+    std::cerr << "no CUDA device\n";
+    return 2;
+  }
+  const moelab::dist::LaunchEnvironment env = moelab::dist::launch_environment();
+  try {
+    check_collectives(env);
+  } catch (const std::exception& e) {
+    check(false, std::string("collectives: ") + e.what());
+  }
+  if (env.rank == 0) {
+    try {
+      check_moe_layer_on_gpu();
+    } catch (const std::exception& e) {
+      check(false, std::string("MoE layer on the GPU: ") + e.what());
+    }
+  }
+  std::cout << (failures == 0 ? "all checks passed" : std::to_string(failures) + " checks failed") << "\n";
+  return failures == 0 ? 0 : 1;
+}
