@@ -18,6 +18,8 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
+#include <utility>
 
 #include "moelab/config/fields.h"
 #include "moelab/train/stopping.h"
@@ -72,6 +74,19 @@ std::string env_string(const char* name, const std::string& fallback) {
 std::chrono::milliseconds to_milliseconds(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
+
+#if defined(MOELAB_WITH_NCCL)
+// ProcessGroupNCCL::shutdown() (LibTorch 2.4+): without it the process warns at exit that the
+// group was not destroyed.
+template <typename Group, typename = void>
+struct HasShutdown : std::false_type {};
+template <typename Group>
+struct HasShutdown<Group, std::void_t<decltype(std::declval<Group&>().shutdown())>> : std::true_type {};
+template <typename Group>
+void shut_down(Group& group) {
+  if constexpr (HasShutdown<Group>::value) group.shutdown();
+}
+#endif
 
 std::string alive_key(int rank) { return "moelab/alive/" + std::to_string(rank); }
 std::string error_key(int rank) { return "moelab/error/" + std::to_string(rank); }
@@ -285,6 +300,14 @@ ProcessGroupCollective::ProcessGroupCollective(const LaunchEnvironment& env, dou
 }
 
 ProcessGroupCollective::~ProcessGroupCollective() {
+#if defined(MOELAB_WITH_NCCL)
+  for (auto* group : {&impl_->nccl, &impl_->nccl_background}) {
+    try {
+      if (*group) shut_down(**group);
+    } catch (const std::exception&) {
+    }
+  }
+#endif
   {
     std::lock_guard<std::mutex> lock(impl_->mutex);
     impl_->stopping = true;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <type_traits>
 
 #include "moelab/nn/moe_layer.h"
 #include "moelab/nn/router.h"
@@ -98,6 +99,19 @@ std::map<std::string, at::Tensor> ExpertShards::whole_parameters() const {
   return out;
 }
 
+namespace {
+// A parameter's key in an optimiser's state: its TensorImpl's address as text in LibTorch 1.x,
+// the address itself from 2.0.
+template <typename States>
+typename States::key_type optimizer_state_key(const States&, const at::Tensor& param) {
+  if constexpr (std::is_same_v<typename States::key_type, std::string>) {
+    return c10::str(param.unsafeGetTensorImpl());
+  } else {
+    return param.unsafeGetTensorImpl();
+  }
+}
+}  // namespace
+
 void ExpertShards::convert_optimizer_state(torch::optim::Optimizer& optimizer, bool whole) const {
   auto convert = [&](const at::Tensor& t) {
     if (!t.defined()) return t;
@@ -105,7 +119,7 @@ void ExpertShards::convert_optimizer_state(torch::optim::Optimizer& optimizer, b
   };
   for (const auto& [name, p] : parameters_) {
     auto& states = optimizer.state();
-    const auto found = states.find(c10::str(p.unsafeGetTensorImpl()));
+    const auto found = states.find(optimizer_state_key(states, p));
     // Every rank has a state for every expert parameter once a step ran: their gradients are
     // always defined (DataParallelSync), so the exchanges below happen on all ranks alike.
     if (found == states.end()) continue;

@@ -5,15 +5,18 @@
 //
 //   1. Collectives on CUDA tensors go through NCCL beside Gloo's CPU ones: sums, background sums
 //      and the all-to-all of rows, on every rank (WORLD_SIZE ranks, one GPU each by LOCAL_RANK).
+//      Data parallelism's gradient buckets on GPU tensors.
 //   2. The MoE layer on the GPU gives the CPU's outputs and gradients (float32, top-2 of 8).
 #include <torch/torch.h>
 
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <string>
 
 #include "moelab/dist/process_group.h"
 #include "moelab/nn/moe_layer.h"
+#include "moelab/train/data_parallel.h"
 
 namespace {
 
@@ -53,6 +56,28 @@ void check_collectives(const moelab::dist::LaunchEnvironment& env) {
   }
   const at::Tensor received = group.all_to_all_rows(at::stack(rows).to(gpu), send, recv);
   check(received.is_cuda() && at::equal(received.cpu(), at::stack(expected)), "NCCL all_to_all_rows");
+
+  // Data parallelism's gradient buckets on the GPU (NCCL) beside its CPU header (Gloo): every
+  // rank runs the same batch, so the summed gradients are n times the local ones.
+  torch::manual_seed(0);
+  moelab::nn::MoELayerOptions options(/*d_model=*/32, /*d_ff=*/64, /*num_experts=*/4);
+  options.router().kind(moelab::nn::RouterKind::kTopK).top_k(2);
+  moelab::nn::MoELayer layer(options);
+  layer->to(gpu);
+  moelab::train::DataParallelSync sync(group, *layer, /*batch_size=*/n, nullptr, /*bucket_bytes=*/4096);
+  const at::Tensor x = torch::randn({8, 32}).to(gpu);
+  sync.before_last_backward();
+  layer->forward(x).output.pow(2).sum().backward();
+  std::map<std::string, at::Tensor> local;
+  for (const auto& item : layer->named_parameters()) local[item.key()] = item.value().grad().clone();
+  moelab::train::StepResult result;
+  sync.synchronise(*layer, result);
+  bool summed = true;
+  for (const auto& item : layer->named_parameters()) {
+    summed = summed && item.value().grad().is_cuda() && at::allclose(item.value().grad(), local[item.key()] * n);
+  }
+  check(summed && result.finite, "gradient buckets over NCCL (" + std::to_string(sync.buckets()) + " buckets, " +
+                                   std::to_string(sync.buckets_started_early()) + " started during backward)");
   group.barrier();
 }
 
@@ -82,7 +107,7 @@ void check_moe_layer_on_gpu() {
 
 int main() {
   std::cout << "LibTorch " << TORCH_VERSION << ", CUDA available: " << torch::cuda::is_available()
-            << ", devices: " << torch::cuda::device_count() << "\n";
+            << ", devices: " << static_cast<int>(torch::cuda::device_count()) << "\n";
   if (!torch::cuda::is_available()) {
     std::cerr << "no CUDA device\n";
     return 2;
