@@ -6,6 +6,7 @@
 
 #include "moelab/config/fields.h"
 #include "moelab/nn/options_yaml.h"
+#include "moelab/nn/pooling.h"
 
 namespace moelab::models {
 
@@ -159,8 +160,13 @@ void ConvNetImpl::reset() {
 }
 
 at::Tensor ConvNetImpl::forward(const at::Tensor& images) {
-  return classifier->forward(
-      features->forward(as_images(images, options.in_channels(), options.image_size())));
+  // features holds conv, ReLU, max-pool per stage (their names are the checkpoints'); the ReLU
+  // and the pooling run fused (nn/pooling.h: the same numbers, fewer passes).
+  at::Tensor h = as_images(images, options.in_channels(), options.image_size());
+  for (int64_t s = 0; s < options.depth(); ++s) {
+    h = nn::relu_max_pool2x2(features->at<torch::nn::Conv2dImpl>(3 * s).forward(h));
+  }
+  return classifier->forward(h);
 }
 
 // ---- router ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #include "moelab/nn/experts.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/autograd.h>
 
 #include <cstdlib>
@@ -42,7 +43,13 @@ void for_each_expert(const std::vector<int64_t>& counts, Fn&& fn) {
     }
   };
   if (mean_rows < kParallelExpertRows && num_experts > 1) {
-    at::parallel_for(0, num_experts, 1, run);
+    // OpenMP's threads start with default thread-local state: the caller's grad mode (off inside
+    // an autograd Function) and autocast settings go with the work.
+    const at::ThreadLocalState caller;
+    at::parallel_for(0, num_experts, 1, [&](int64_t begin, int64_t end) {
+      at::ThreadLocalStateGuard guard(caller);
+      run(begin, end);
+    });
   } else {
     run(0, num_experts);
   }

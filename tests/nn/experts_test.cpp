@@ -3,6 +3,7 @@
 
 #include "moelab/nn/experts.h"
 #include "moelab/nn/feed_forward.h"
+#include "moelab/util/runtime.h"
 #include "support/naive_moe.h"
 
 using moelab::nn::Activation;
@@ -75,6 +76,36 @@ TEST(FFNExpertsTest, GradientsMatchFiniteDifferences) {
   double error = moelab::testing::max_gradient_error(
       [&](const std::vector<at::Tensor>& in) { return module->forward(in[0], {2, 3}); }, inputs);
   EXPECT_LT(error, 1e-7);
+}
+
+// Many small experts run side by side on OpenMP's threads: the same numbers as one thread, in
+// an autograd pass (the workers take the caller's grad mode) and under bf16 autocast.
+TEST(FFNExpertsTest, ExpertsSideBySideOnTwoThreadsGiveOneThreadsNumbers) {
+  const int threads = at::get_num_threads();
+  FFNExperts module(FFNExpertsOptions(8, 16, 12));
+  const std::vector<int64_t> counts{9, 11, 0, 10, 12, 8, 10, 10, 9, 11, 10, 10};
+  const at::Tensor x = torch::randn({110, 8});
+  auto run = [&](int n, moelab::Precision precision) {
+    at::set_num_threads(n);
+    const at::Tensor input = x.clone().requires_grad_(true);
+    at::Tensor y;
+    {
+      moelab::AutocastScope autocast(precision);
+      y = module->forward(input, counts);
+    }
+    y.float().pow(2).sum().backward();
+    std::vector<at::Tensor> out{y.detach(), input.grad()};
+    for (auto& p : module->parameters()) {
+      out.push_back(p.grad().clone());
+      p.mutable_grad() = at::Tensor();
+    }
+    return out;
+  };
+  for (auto precision : {moelab::Precision::kFloat32, moelab::Precision::kBFloat16}) {
+    const auto one = run(1, precision), two = run(2, precision);
+    for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(at::equal(one[i], two[i])) << i;
+  }
+  at::set_num_threads(threads);
 }
 
 TEST(FFNExpertsTest, ParametersHaveStableNamesAndShapes) {
