@@ -49,33 +49,39 @@ void pool_plane(const T* in, T* out, uint8_t* chosen, int64_t height, int64_t wi
   using C = Compute<T>;
   const int64_t out_h = height / 2, out_w = width / 2;
   for (int64_t i = 0; i < out_h; ++i) {
-    const T* row0 = in + 2 * i * width;
-    const T* row1 = row0 + width;
-    T* o = out + i * out_w;
-    uint8_t* k = chosen + i * out_w;
-    bool nan = false;
+    // No aliasing between the planes: without restrict the vectorised loop is guarded by a
+    // runtime overlap check that fell back to the scalar one.
+    const T* __restrict__ row0 = in + 2 * i * width;
+    const T* __restrict__ row1 = row0 + width;
+    T* __restrict__ o = out + i * out_w;
+    uint8_t* __restrict__ k = chosen + i * out_w;
+    int nan = 0;
+    // Branch-free (random data mispredicts every branch): comparisons as 0/1 integers.
     for (int64_t j = 0; j < out_w; ++j) {
       const C a = static_cast<C>(row0[2 * j]), b = static_cast<C>(row0[2 * j + 1]);
       const C c = static_cast<C>(row1[2 * j]), d = static_cast<C>(row1[2 * j + 1]);
       nan |= (a != a) | (b != b) | (c != c) | (d != d);
-      const C top = b > a ? b : a, bottom = d > c ? d : c;
-      const uint8_t top_index = b > a ? 1 : 0, bottom_index = d > c ? 3 : 2;
-      const C best = bottom > top ? bottom : top;
-      const uint8_t index = bottom > top ? bottom_index : top_index;
-      o[j] = static_cast<T>(best > 0 ? best : C(0));
-      k[j] = best > 0 ? index : kNoGradient;
+      const int right_top = b > a, right_bottom = d > c;
+      const C top = std::max(a, b), bottom = std::max(c, d);  // ties keep the first
+      const int second_row = bottom > top;
+      const C best = std::max(top, bottom);
+      const int index = second_row * (2 + right_bottom) + (1 - second_row) * right_top;
+      const int passes = best > 0;
+      o[j] = static_cast<T>(std::max(best, C(0)));
+      k[j] = static_cast<uint8_t>(passes * index + (1 - passes) * kNoGradient);
     }
     if (nan) pool_row_exact(row0, row1, o, k, out_w);
   }
 }
 
 template <typename T>
-void unpool_plane(const T* grad_out, const uint8_t* chosen, T* grad_in, int64_t height, int64_t width) {
+void unpool_plane(const T* __restrict__ grad_out, const uint8_t* __restrict__ chosen, T* grad_in,
+                  int64_t height, int64_t width) {
   const int64_t out_h = height / 2, out_w = width / 2;
   const T zero = static_cast<T>(0.0f);
   for (int64_t i = 0; i < out_h; ++i) {
-    T* row0 = grad_in + 2 * i * width;
-    T* row1 = row0 + width;
+    T* __restrict__ row0 = grad_in + 2 * i * width;
+    T* __restrict__ row1 = row0 + width;
     for (int64_t j = 0; j < out_w; ++j) {
       const uint8_t k = chosen[i * out_w + j];
       const T g = grad_out[i * out_w + j];
