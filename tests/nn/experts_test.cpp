@@ -93,7 +93,7 @@ TEST(FFNExpertsTest, ExpertsSideBySideOnTwoThreadsGiveOneThreadsNumbers) {
       moelab::AutocastScope autocast(precision);
       y = module->forward(input, counts);
     }
-    y.float().pow(2).sum().backward();
+    y.to(at::kFloat).pow(2).sum().backward();
     std::vector<at::Tensor> out{y.detach(), input.grad()};
     for (auto& p : module->parameters()) {
       out.push_back(p.grad().clone());
