@@ -250,6 +250,21 @@ struct ProcessGroupCollective::Impl {
     }
   }
 
+  // Starts a sum over ranks of each tensor, concurrently, on the main or the background channel.
+  std::vector<c10::intrusive_ptr<c10d::Work>> start_sums(std::vector<at::Tensor>& tensors, bool in_background) {
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    try {
+      for (auto& tensor : tensors) {
+        TORCH_CHECK(tensor.is_contiguous(), "all-reduce: tensors must be contiguous");
+        std::vector<at::Tensor> one{tensor};
+        works.push_back(group_for(tensor, in_background)->allreduce(one));
+      }
+    } catch (const std::exception& e) {
+      fail("all-reduce", e);
+    }
+    return works;
+  }
+
   // Starts one collective (`start` returns its Work) and waits for it; a failure either way is
   // a TrainingError naming this rank and, where the store tells, the lost one.
   template <typename Start>
@@ -320,17 +335,7 @@ int ProcessGroupCollective::rank() const { return impl_->env.rank; }
 int ProcessGroupCollective::world_size() const { return impl_->env.world_size; }
 
 void ProcessGroupCollective::all_reduce_sum(std::vector<at::Tensor>& tensors) {
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  try {
-    for (auto& tensor : tensors) {
-      TORCH_CHECK(tensor.is_contiguous(), "all_reduce_sum: tensors must be contiguous");
-      std::vector<at::Tensor> one{tensor};
-      works.push_back(impl_->group_for(tensor, false)->allreduce(one));
-    }
-  } catch (const std::exception& e) {
-    impl_->fail("all-reduce", e);
-  }
-  for (auto& work : works) impl_->wait(work, "all-reduce");
+  for (auto& work : impl_->start_sums(tensors, /*in_background=*/false)) impl_->wait(work, "all-reduce");
 }
 
 namespace {
@@ -351,16 +356,7 @@ class PendingWorks : public PendingSum {
 }  // namespace
 
 std::unique_ptr<PendingSum> ProcessGroupCollective::start_all_reduce_sum(std::vector<at::Tensor> tensors) {
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  try {
-    for (auto& tensor : tensors) {
-      TORCH_CHECK(tensor.is_contiguous(), "start_all_reduce_sum: tensors must be contiguous");
-      std::vector<at::Tensor> one{tensor};
-      works.push_back(impl_->group_for(tensor, true)->allreduce(one));
-    }
-  } catch (const std::exception& e) {
-    impl_->fail("all-reduce", e);
-  }
+  std::vector<c10::intrusive_ptr<c10d::Work>> works = impl_->start_sums(tensors, /*in_background=*/true);
   Impl* impl = impl_.get();
   return std::make_unique<PendingWorks>(
       [impl](const c10::intrusive_ptr<c10d::Work>& work) { impl->wait(work, "all-reduce"); }, std::move(works));
