@@ -5,7 +5,13 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <cmath>
 #include <limits>
 
@@ -41,54 +47,124 @@ void pool_row_exact(const T* row0, const T* row1, T* out, uint8_t* chosen, int64
   }
 }
 
-// One plane (H, W) -> (H/2, W/2) and the window's chosen element per output. Without NaN a
-// window's first maximum is a tournament of its two rows' first maxima (ties to the first), in
-// selects the compiler vectorises; a row with NaN is done again by the exact rule.
+// Outputs [begin, out_w) of one row pair, branch-free (random activations mispredict every
+// branch): a window's first maximum is the tournament of its two rows' first maxima, ties to the
+// first. Returns whether a NaN was seen (the caller then redoes the row by the exact rule).
+template <typename T>
+bool pool_row_tail(const T* row0, const T* row1, T* o, uint8_t* k, int64_t begin, int64_t out_w) {
+  using C = Compute<T>;
+  int nan = 0;
+  for (int64_t j = begin; j < out_w; ++j) {
+    const C a = static_cast<C>(row0[2 * j]), b = static_cast<C>(row0[2 * j + 1]);
+    const C c = static_cast<C>(row1[2 * j]), d = static_cast<C>(row1[2 * j + 1]);
+    nan |= (a != a) | (b != b) | (c != c) | (d != d);
+    const int right_top = b > a, right_bottom = d > c;
+    const C top = right_top ? b : a, bottom = right_bottom ? d : c;
+    const int second_row = bottom > top;
+    const C best = second_row ? bottom : top;
+    const int index = second_row ? 2 + right_bottom : right_top;
+    const int passes = best > 0;
+    o[j] = static_cast<T>(passes ? best : C(0));
+    k[j] = static_cast<uint8_t>(passes ? index : kNoGradient);
+  }
+  return nan != 0;
+}
+
+#if defined(__SSE2__)
+// The same for 4 windows of float: 8 values of each row in, 4 outputs and 4 choices out. Returns
+// whether a NaN was among them.
+inline bool pool4(const float* row0, const float* row1, float* o, uint8_t* k) {
+  const __m128 top0 = _mm_loadu_ps(row0), top1 = _mm_loadu_ps(row0 + 4);
+  const __m128 bottom0 = _mm_loadu_ps(row1), bottom1 = _mm_loadu_ps(row1 + 4);
+  const __m128 a = _mm_shuffle_ps(top0, top1, _MM_SHUFFLE(2, 0, 2, 0));  // left of each window
+  const __m128 b = _mm_shuffle_ps(top0, top1, _MM_SHUFFLE(3, 1, 3, 1));  // right
+  const __m128 c = _mm_shuffle_ps(bottom0, bottom1, _MM_SHUFFLE(2, 0, 2, 0));
+  const __m128 d = _mm_shuffle_ps(bottom0, bottom1, _MM_SHUFFLE(3, 1, 3, 1));
+  auto select = [](__m128 mask, __m128 yes, __m128 no) { return _mm_or_ps(_mm_and_ps(mask, yes), _mm_andnot_ps(mask, no)); };
+  const __m128 right_top = _mm_cmpgt_ps(b, a), right_bottom = _mm_cmpgt_ps(d, c);
+  const __m128 top = select(right_top, b, a), bottom = select(right_bottom, d, c);
+  const __m128 second_row = _mm_cmpgt_ps(bottom, top);
+  const __m128 best = select(second_row, bottom, top);
+  const __m128 passes = _mm_cmpgt_ps(best, _mm_setzero_ps());
+  _mm_storeu_ps(o, _mm_and_ps(passes, best));
+  const __m128i one = _mm_set1_epi32(1);
+  const __m128i top_index = _mm_and_si128(_mm_castps_si128(right_top), one);
+  const __m128i bottom_index = _mm_add_epi32(_mm_and_si128(_mm_castps_si128(right_bottom), one), _mm_set1_epi32(2));
+  const __m128i second = _mm_castps_si128(second_row), pass = _mm_castps_si128(passes);
+  __m128i index = _mm_or_si128(_mm_and_si128(second, bottom_index), _mm_andnot_si128(second, top_index));
+  index = _mm_or_si128(_mm_and_si128(pass, index), _mm_andnot_si128(pass, _mm_set1_epi32(kNoGradient)));
+  const int packed = _mm_cvtsi128_si32(_mm_packus_epi16(_mm_packs_epi32(index, index), index));
+  std::memcpy(k, &packed, 4);
+  return _mm_movemask_ps(_mm_or_ps(_mm_cmpunord_ps(a, b), _mm_cmpunord_ps(c, d))) != 0;
+}
+
+// Row `row` of the input gradient for 4 windows: `first` and `second` pick which choices (0/1 for
+// the top row, 2/3 for the bottom one) receive the gradient.
+inline void unpool4(const float* grad, const uint8_t* k, float* row, int first) {
+  int packed = 0;
+  std::memcpy(&packed, k, 4);
+  const __m128i zero = _mm_setzero_si128();
+  const __m128i choice = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(packed), zero), zero);
+  const __m128 g = _mm_loadu_ps(grad);
+  const __m128 left = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(choice, _mm_set1_epi32(first))), g);
+  const __m128 right = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(choice, _mm_set1_epi32(first + 1))), g);
+  _mm_storeu_ps(row, _mm_unpacklo_ps(left, right));
+  _mm_storeu_ps(row + 4, _mm_unpackhi_ps(left, right));
+}
+#endif
+
+// One plane (H, W) -> (H/2, W/2) and the window's chosen element per output.
 template <typename T>
 void pool_plane(const T* in, T* out, uint8_t* chosen, int64_t height, int64_t width) {
-  using C = Compute<T>;
   const int64_t out_h = height / 2, out_w = width / 2;
   for (int64_t i = 0; i < out_h; ++i) {
-    // No aliasing between the planes: without restrict the vectorised loop is guarded by a
-    // runtime overlap check that fell back to the scalar one.
-    const T* __restrict__ row0 = in + 2 * i * width;
-    const T* __restrict__ row1 = row0 + width;
-    T* __restrict__ o = out + i * out_w;
-    uint8_t* __restrict__ k = chosen + i * out_w;
-    int nan = 0;
-    // Branch-free (random data mispredicts every branch): comparisons as 0/1 integers.
-    for (int64_t j = 0; j < out_w; ++j) {
-      const C a = static_cast<C>(row0[2 * j]), b = static_cast<C>(row0[2 * j + 1]);
-      const C c = static_cast<C>(row1[2 * j]), d = static_cast<C>(row1[2 * j + 1]);
-      nan |= (a != a) | (b != b) | (c != c) | (d != d);
-      const int right_top = b > a, right_bottom = d > c;
-      const C top = std::max(a, b), bottom = std::max(c, d);  // ties keep the first
-      const int second_row = bottom > top;
-      const C best = std::max(top, bottom);
-      const int index = second_row * (2 + right_bottom) + (1 - second_row) * right_top;
-      const int passes = best > 0;
-      o[j] = static_cast<T>(std::max(best, C(0)));
-      k[j] = static_cast<uint8_t>(passes * index + (1 - passes) * kNoGradient);
+    const T* row0 = in + 2 * i * width;
+    const T* row1 = row0 + width;
+    T* o = out + i * out_w;
+    uint8_t* k = chosen + i * out_w;
+    bool nan = false;
+    int64_t done = 0;
+#if defined(__SSE2__)
+    if constexpr (std::is_same_v<T, float>) {
+      // Groups of 4 windows. Above the last row pair the last group may run past the row: it
+      // reads the next pair's values and writes 3 outputs at most into the next row's places,
+      // which that row writes again; so no row has a scalar remainder but the plane's last.
+      const int64_t groups = i + 1 < out_h && out_w >= 4 ? (out_w + 3) / 4 : out_w / 4;
+      for (int64_t g = 0; g < groups; ++g) nan |= pool4(row0 + 8 * g, row1 + 8 * g, o + 4 * g, k + 4 * g);
+      done = std::min(out_w, 4 * groups);
     }
+#endif
+    nan |= pool_row_tail(row0, row1, o, k, done, out_w);
     if (nan) pool_row_exact(row0, row1, o, k, out_w);
   }
 }
 
 template <typename T>
-void unpool_plane(const T* __restrict__ grad_out, const uint8_t* __restrict__ chosen, T* grad_in,
-                  int64_t height, int64_t width) {
+void unpool_plane(const T* grad_out, const uint8_t* chosen, T* grad_in, int64_t height, int64_t width) {
   const int64_t out_h = height / 2, out_w = width / 2;
   const T zero = static_cast<T>(0.0f);
   for (int64_t i = 0; i < out_h; ++i) {
-    T* __restrict__ row0 = grad_in + 2 * i * width;
-    T* __restrict__ row1 = row0 + width;
-    for (int64_t j = 0; j < out_w; ++j) {
-      const uint8_t k = chosen[i * out_w + j];
-      const T g = grad_out[i * out_w + j];
-      row0[2 * j] = k == 0 ? g : zero;
-      row0[2 * j + 1] = k == 1 ? g : zero;
-      row1[2 * j] = k == 2 ? g : zero;
-      row1[2 * j + 1] = k == 3 ? g : zero;
+    T* row0 = grad_in + 2 * i * width;
+    T* row1 = row0 + width;
+    const T* g = grad_out + i * out_w;
+    const uint8_t* k = chosen + i * out_w;
+    int64_t done = 0;
+#if defined(__SSE2__)
+    if constexpr (std::is_same_v<T, float>) {
+      // As in the forward pass, above the last row pair the last group runs past the row: the
+      // top row's excess lands in the bottom row, written after it; the bottom row's in the next
+      // pair's top row, written later.
+      const int64_t groups = i + 1 < out_h && out_w >= 4 ? (out_w + 3) / 4 : out_w / 4;
+      for (int64_t q = 0; q < groups; ++q) unpool4(g + 4 * q, k + 4 * q, row0 + 8 * q, 0);
+      for (int64_t q = 0; q < groups; ++q) unpool4(g + 4 * q, k + 4 * q, row1 + 8 * q, 2);
+      done = std::min(out_w, 4 * groups);
+    }
+#endif
+    for (int64_t j = done; j < out_w; ++j) {
+      row0[2 * j] = k[j] == 0 ? g[j] : zero;
+      row0[2 * j + 1] = k[j] == 1 ? g[j] : zero;
+      row1[2 * j] = k[j] == 2 ? g[j] : zero;
+      row1[2 * j + 1] = k[j] == 3 ? g[j] : zero;
     }
     if (width % 2) row0[width - 1] = row1[width - 1] = zero;  // the column floor mode leaves out
   }

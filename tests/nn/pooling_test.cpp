@@ -28,6 +28,13 @@ void expect_pooling_matches_aten(const at::Tensor& input) {
 TEST(ReluMaxPoolTest, EqualsReluThenMaxPoolWithItsGradient) {
   torch::manual_seed(0);
   expect_pooling_matches_aten(torch::randn({3, 4, 8, 10}));
+  // Float rows in groups of 4 windows, the last group past the row end above the last row pair:
+  // 14 and 7 windows (the vision CNN's), 15 with an odd width, 4 and 3 exactly.
+  expect_pooling_matches_aten(torch::randn({4, 8, 28, 28}));
+  expect_pooling_matches_aten(torch::randn({4, 8, 14, 14}));
+  expect_pooling_matches_aten(torch::randn({2, 3, 9, 31}));
+  expect_pooling_matches_aten(torch::randn({2, 3, 8, 8}));
+  expect_pooling_matches_aten(torch::randn({2, 3, 6, 7}));
   expect_pooling_matches_aten(torch::randn({2, 3, 7, 9}));  // floor: the last row and column left out
   expect_pooling_matches_aten(torch::randn({2, 3, 6, 6}, torch::kDouble));
   // Ties (the first maximum in row-major order takes the gradient) and all-negative windows.
@@ -40,6 +47,10 @@ TEST(ReluMaxPoolTest, NaNWinsItsWindowAsInLibTorch) {
   x[0][0][0][1] = std::numeric_limits<float>::quiet_NaN();
   x[0][0][3][4] = std::numeric_limits<float>::quiet_NaN();
   expect_pooling_matches_aten(x);
+  at::Tensor wide = torch::randn({2, 2, 8, 18});  // windows in groups of 4
+  wide[1][0][2][9] = std::numeric_limits<float>::quiet_NaN();
+  wide[0][1][7][17] = std::numeric_limits<float>::quiet_NaN();
+  expect_pooling_matches_aten(wide);
 }
 
 TEST(ReluMaxPoolTest, TwoThreadsAndBf16GiveTheSameNumbers) {
