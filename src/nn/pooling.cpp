@@ -10,10 +10,10 @@
 #endif
 
 #include <algorithm>
-#include <cstring>
-#include <type_traits>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 namespace moelab::nn {
 
