@@ -6,7 +6,8 @@
 //   1. Collectives on CUDA tensors go through NCCL beside Gloo's CPU ones: sums, background sums
 //      and the all-to-all of rows, on every rank (WORLD_SIZE ranks, one GPU each by LOCAL_RANK).
 //      Data parallelism's gradient buckets on GPU tensors.
-//   2. The MoE layer on the GPU gives the CPU's outputs and gradients (float32, top-2 of 8).
+//   2. The MoE layer on the GPU gives the CPU's outputs and gradients (float32, top-2 of 8), and
+//      the fused pooling the CPU kernel's numbers.
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -16,6 +17,7 @@
 
 #include "moelab/dist/process_group.h"
 #include "moelab/nn/moe_layer.h"
+#include "moelab/nn/pooling.h"
 #include "moelab/train/data_parallel.h"
 
 namespace {
@@ -95,6 +97,9 @@ void check_moe_layer_on_gpu() {
   (out_cpu.output.pow(2).sum() + out_cpu.aux_loss).backward();
   (out_gpu.output.pow(2).sum() + out_gpu.aux_loss).backward();
   check(at::allclose(x_gpu.grad().cpu(), x_cpu.grad(), 1e-3, 1e-4), "MoE layer input gradient GPU == CPU");
+  const at::Tensor images = torch::randn({4, 8, 28, 28});
+  check(at::equal(moelab::nn::relu_max_pool2x2(images.cuda()).cpu(), moelab::nn::relu_max_pool2x2(images)),
+        "fused ReLU + max pool: the GPU's (LibTorch's ops) == the CPU kernel's");
   const auto cpu_params = cpu_layer->named_parameters(), gpu_params = gpu_layer->named_parameters();
   for (const auto& item : cpu_params) {
     const at::Tensor& g = gpu_params[item.key()].grad();
