@@ -32,7 +32,7 @@ int64_t total_rows(const std::vector<int64_t>& counts) {
 // threaded GEMM of ~100 rows spends much of its time synchronising. Few large experts run one
 // after another, each GEMM using every thread.
 template <typename Fn>
-void for_each_expert(const std::vector<int64_t>& counts, Fn&& fn) {
+void for_each_expert(const at::Tensor& rows, const std::vector<int64_t>& counts, Fn&& fn) {
   const auto num_experts = static_cast<int64_t>(counts.size());
   std::vector<int64_t> offsets(counts.size() + 1, 0);
   std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
@@ -42,7 +42,9 @@ void for_each_expert(const std::vector<int64_t>& counts, Fn&& fn) {
       if (counts[e] > 0) fn(e, offsets[e], counts[e]);
     }
   };
-  if (mean_rows < kParallelExpertRows && num_experts > 1) {
+  // On a GPU the device runs the experts' kernels side by side itself (and OpenMP's threads
+  // have no CUDA context).
+  if (mean_rows < kParallelExpertRows && num_experts > 1 && rows.device().is_cpu()) {
     // OpenMP's threads start with default thread-local state: the caller's grad mode (off inside
     // an autograd Function) and autocast settings go with the work.
     const at::ThreadLocalState caller;
@@ -58,7 +60,7 @@ void for_each_expert(const std::vector<int64_t>& counts, Fn&& fn) {
 // out_e = in_e @ w[e]^T (+ b[e]) for every expert slice; `w` is (E, out, in).
 void per_expert_linear(const at::Tensor& in, const std::vector<int64_t>& counts,
                        const at::Tensor& w, const at::Tensor& b, at::Tensor& out) {
-  for_each_expert(counts, [&](int64_t e, int64_t offset, int64_t n) {
+  for_each_expert(in, counts, [&](int64_t e, int64_t offset, int64_t n) {
     at::Tensor out_e = out.narrow(0, offset, n);
     if (b.defined()) {
       at::addmm_out(out_e, b[e], in.narrow(0, offset, n), w[e].t());
@@ -135,7 +137,7 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
     // grad_hidden_e = grad_y_e @ W_out_e ; grad_W_out_e = grad_y_e^T @ hidden_e
     at::Tensor hidden = hidden_from_projection(h, d_ff, activation);
     at::Tensor grad_hidden = at::empty({rows, d_ff}, x.options());
-    for_each_expert(counts, [&](int64_t e, int64_t offset, int64_t n) {
+    for_each_expert(grad_y, counts, [&](int64_t e, int64_t offset, int64_t n) {
       at::Tensor gy = grad_y.narrow(0, offset, n);
       at::Tensor gh = grad_hidden.narrow(0, offset, n);
       at::mm_out(gh, gy, w_out[e]);
@@ -158,7 +160,7 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
 
     // grad_W_in_e = grad_h_e^T @ x_e ; grad_x_e = grad_h_e @ W_in_e
     at::Tensor grad_x = at::empty_like(x);
-    for_each_expert(counts, [&](int64_t e, int64_t offset, int64_t n) {
+    for_each_expert(grad_h, counts, [&](int64_t e, int64_t offset, int64_t n) {
       at::Tensor gh = grad_h.narrow(0, offset, n);
       at::Tensor gw = grad_w_in[e];
       at::mm_out(gw, gh.t(), x.narrow(0, offset, n));
