@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "moelab/config/config.h"
+#include "moelab/perf/eager_vision.h"
 #include "moelab/perf/layer_benchmark.h"
 #include "moelab/run/run.h"
 #include "moelab/run/run_config.h"
@@ -47,11 +48,48 @@ struct BenchTrainArguments : ConfigArguments {
   int64_t steps = 50;
   int64_t warmup = 5;
   bool json = false;
+  bool eager_reference = false;
 };
+
+// The eager LibTorch reference of a vision run (perf/eager_vision.h), sized from its config.
+perf::EagerVisionOptions eager_vision_options(const YAML::Node& resolved) {
+  const YAML::Node model = resolved["model"], train = resolved["train"];
+  const std::string name = model["name"].as<std::string>();
+  perf::EagerVisionOptions o;
+  YAML::Node cnn;
+  if (name == "vision_moe") {
+    cnn = model["expert"];
+    o.num_experts = model["num_experts"].as<int64_t>();
+    o.top_k = model["router"]["top_k"].as<int64_t>();
+    o.normalize_weights = model["router"]["normalize_weights"].as<bool>();
+    o.router_width = model["router_width"].as<int64_t>();
+    o.load_balance = model["aux"]["load_balance"].as<double>();
+  } else if (name == "cnn") {
+    cnn = model;
+    o.num_experts = 0;
+    o.width_multiplier = model["width_multiplier"].as<double>();
+  } else {
+    throw ConfigError("--eager-reference: bench train has eager references of vision_moe and cnn runs, not of '" +
+                      name + "' (language models: moelab bench lm --eager-reference)");
+  }
+  o.in_channels = model["in_channels"].as<int64_t>();
+  o.image_size = model["image_size"].as<int64_t>();
+  o.num_classes = model["num_classes"].as<int64_t>();
+  o.width = cnn["width"].as<int64_t>();
+  o.depth = cnn["depth"].as<int64_t>();
+  o.hidden = cnn["hidden"].as<int64_t>();
+  o.batch_size = train["batch_size"].as<int64_t>();
+  o.lr = train["optimizer"]["lr"].as<double>();
+  o.weight_decay = train["optimizer"]["weight_decay"].as<double>();
+  return o;
+}
 
 // Trains the config's run for warmup + steps steps in a temporary directory (no periodic
 // evaluation or checkpoint) and prints where the timed steps spent their time.
 void bench_train(const BenchTrainArguments& args) {
+  if (args.eager_reference) {  // a config without an eager reference fails before the run
+    eager_vision_options(run::resolve_run_config(args.files, args.overrides));
+  }
   YAML::Node resolved;
   const train::TrainProfile profile = profile_training(args, args.warmup, args.steps, resolved);
   const double n = static_cast<double>(std::max<int64_t>(profile.steps, 1));
@@ -62,6 +100,10 @@ void bench_train(const BenchTrainArguments& args) {
       {"bookkeeping", t.observer + profile.bookkeeping}};
   double total = 0;
   for (const auto& part : parts) total += part.second;
+  const double eager_ms = args.eager_reference
+                              ? perf::eager_vision_train_ms_per_step(eager_vision_options(resolved), args.steps, args.warmup)
+                              : 0.0;
+  const double moelab_ms = 1e3 * total / n;
   if (args.json) {
     nlohmann::json line{{"model", resolved["model"]["name"].as<std::string>()},
                         {"steps", profile.steps},
@@ -70,6 +112,10 @@ void bench_train(const BenchTrainArguments& args) {
     for (const auto& [name, seconds] : parts) line[name + "_ms"] = 1e3 * seconds / n;
     line["final_evaluation_ms"] = 1e3 * profile.evaluation;
     line["final_checkpoint_ms"] = 1e3 * profile.checkpoint;
+    if (args.eager_reference) {
+      line["eager_reference_ms_per_step"] = eager_ms;
+      line["speed_vs_eager"] = eager_ms / moelab_ms;
+    }
     std::cout << line.dump() << "\n";
     return;
   }
@@ -83,6 +129,11 @@ void bench_train(const BenchTrainArguments& args) {
   std::cout << fmt::format("  {:<12} {:>9.3f} ms/step\n", "total", 1e3 * total / n);
   std::cout << "  (checks: the finite check of every gradient and clipping; bookkeeping: metric "
                "sums, routing statistics, log lines)\n";
+  if (args.eager_reference) {
+    std::cout << fmt::format("eager LibTorch reference (the same model and batch, LibTorch's max_pool2d and relu, "
+                             "the experts in a loop): {:.3f} ms/step; moelab / eager speed = {:.2f}\n",
+                             eager_ms, eager_ms / moelab_ms);
+  }
 }
 
 }  // namespace
@@ -160,6 +211,9 @@ void register_bench_command(CLI::App& app, Action& action) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   train->add_flag("--json", train_args->json, "One JSON object");
+  train->add_flag("--eager-reference", train_args->eager_reference,
+                  "Also time the same model written in plain eager LibTorch (vision_moe and cnn runs), "
+                  "on the same batch size and threads");
   train->callback([train_args, &action] {
     action = [train_args] {
       try {
