@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "commands.h"
 #include "moelab/config/config.h"
@@ -87,9 +88,9 @@ perf::EagerVisionOptions eager_vision_options(const YAML::Node& resolved) {
 // Trains the config's run for warmup + steps steps in a temporary directory (no periodic
 // evaluation or checkpoint) and prints where the timed steps spent their time.
 void bench_train(const BenchTrainArguments& args) {
-  if (args.eager_reference) {  // a config without an eager reference fails before the run
-    eager_vision_options(run::resolve_run_config(args.files, args.overrides));
-  }
+  // Sized before the run, so that a config without an eager reference fails at once.
+  std::optional<perf::EagerVisionOptions> eager;
+  if (args.eager_reference) eager = eager_vision_options(run::resolve_run_config(args.files, args.overrides));
   YAML::Node resolved;
   const train::TrainProfile profile = profile_training(args, args.warmup, args.steps, resolved);
   const double n = static_cast<double>(std::max<int64_t>(profile.steps, 1));
@@ -100,9 +101,7 @@ void bench_train(const BenchTrainArguments& args) {
       {"bookkeeping", t.observer + profile.bookkeeping}};
   double total = 0;
   for (const auto& part : parts) total += part.second;
-  const double eager_ms = args.eager_reference
-                              ? perf::eager_vision_train_ms_per_step(eager_vision_options(resolved), args.steps, args.warmup)
-                              : 0.0;
+  const double eager_ms = eager ? perf::eager_vision_train_ms_per_step(*eager, args.steps, args.warmup) : 0.0;
   const double moelab_ms = 1e3 * total / n;
   if (args.json) {
     nlohmann::json line{{"model", resolved["model"]["name"].as<std::string>()},

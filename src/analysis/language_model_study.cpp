@@ -101,13 +101,8 @@ nlohmann::json analyse_language_model_run(const std::string& run_dir, const YAML
   const auto counts = tag_expert_counts(*loaded.model, *splits.test, static_cast<int64_t>(splits.tag_names.size()));
   nlohmann::json layers = nlohmann::json::array();
   for (const auto& c : counts) {
-    std::vector<std::vector<int64_t>> rows;
-    for (int64_t t = 0; t < c.size(0); ++t) {
-      const at::Tensor row = c[t].contiguous();
-      rows.emplace_back(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
-    }
     const at::Tensor per_tag = c.sum(1).to(at::kDouble);
-    layers.push_back({{"tag_expert", rows},
+    layers.push_back({{"tag_expert", train::count_rows(c)},
                       {"mutual_information", train::mutual_information(c)},
                       {"tag_entropy", nn::distribution_entropy(per_tag).item<double>()}});
   }

@@ -8,29 +8,12 @@ namespace moelab::train {
 
 namespace {
 
-nlohmann::json to_json(const at::Tensor& counts) {  // (classes, E) int64
-  nlohmann::json rows = nlohmann::json::array();
-  const at::Tensor c = counts.contiguous();
-  for (int64_t i = 0; i < c.size(0); ++i) {
-    const int64_t* row = c[i].data_ptr<int64_t>();
-    rows.push_back(std::vector<int64_t>(row, row + c.size(1)));
-  }
-  return rows;
-}
-
-at::Tensor counts_from_json(const nlohmann::json& rows) {
-  std::vector<at::Tensor> out;
-  for (const auto& row : rows) out.push_back(at::tensor(row.get<std::vector<int64_t>>(), at::kLong));
-  return at::stack(out);
-}
-
 // Every rank's sums added, in rank order on every rank (so all of them hold the same result).
 void gather_evaluation(Collective& collective, MetricAccumulator& metrics, Evaluation& result) {
   nlohmann::json mine{{"metrics", metrics.state()},
                       {"class_expert", nlohmann::json::array()},
-                      {"expert_loss", nlohmann::json::array()}};
-  for (const auto& counts : result.class_expert) mine["class_expert"].push_back(to_json(counts));
-  for (const auto& tally : result.expert_loss) mine["expert_loss"].push_back(tally.state());
+                      {"expert_loss", tally_states(result.expert_loss)}};
+  for (const auto& counts : result.class_expert) mine["class_expert"].push_back(count_rows(counts));
   nlohmann::json merged_metrics = nullptr, class_expert = nlohmann::json::array(),
                  expert_loss = nlohmann::json::array();
   for (const auto& text : collective.all_gather_text(mine.dump())) {
@@ -41,9 +24,8 @@ void gather_evaluation(Collective& collective, MetricAccumulator& metrics, Evalu
   }
   metrics.load_state(merged_metrics);
   result.class_expert.clear();
-  for (const auto& layer : class_expert) result.class_expert.push_back(counts_from_json(layer));
-  result.expert_loss.resize(expert_loss.size());
-  for (size_t l = 0; l < expert_loss.size(); ++l) result.expert_loss[l].load_state(expert_loss[l]);
+  for (const auto& layer : class_expert) result.class_expert.push_back(counts_from_rows(layer));
+  load_tally_states(result.expert_loss, expert_loss);
 }
 
 }  // namespace

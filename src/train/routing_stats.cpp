@@ -96,6 +96,33 @@ std::vector<std::pair<int64_t, double>> top_classes(const at::Tensor& counts, in
   return out;
 }
 
+nlohmann::json tally_states(const std::vector<ExpertTally>& tallies) {
+  nlohmann::json states = nlohmann::json::array();
+  for (const auto& tally : tallies) states.push_back(tally.state());
+  return states;
+}
+
+void load_tally_states(std::vector<ExpertTally>& tallies, const nlohmann::json& states) {
+  tallies.resize(std::max(tallies.size(), states.size()));
+  for (size_t l = 0; l < states.size(); ++l) tallies[l].load_state(states[l]);
+}
+
+nlohmann::json count_rows(const at::Tensor& counts) {
+  nlohmann::json rows = nlohmann::json::array();
+  const at::Tensor c = counts.to(at::kLong).contiguous();
+  for (int64_t i = 0; i < c.size(0); ++i) {
+    const int64_t* row = c[i].data_ptr<int64_t>();
+    rows.push_back(std::vector<int64_t>(row, row + c.size(1)));
+  }
+  return rows;
+}
+
+at::Tensor counts_from_rows(const nlohmann::json& rows) {
+  std::vector<at::Tensor> out;
+  for (const auto& row : rows) out.push_back(at::tensor(row.get<std::vector<int64_t>>(), at::kLong));
+  return at::stack(out);
+}
+
 nlohmann::json to_json_numbers(const std::vector<double>& values) {
   nlohmann::json out = nlohmann::json::array();
   for (double v : values) out.push_back(std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr));

@@ -210,11 +210,6 @@ bool Trainer::epoch_exhausted() const {
 
 void Trainer::gather_sums() {
   if (!collective_) return;
-  auto tally_states = [](const std::vector<ExpertTally>& tallies) {
-    nlohmann::json states = nlohmann::json::array();
-    for (const auto& tally : tallies) states.push_back(tally.state());
-    return states;
-  };
   const nlohmann::json mine{{"metrics", interval_.metrics->state()},
                             {"interval", tally_states(interval_tally_)},
                             {"epoch", tally_states(epoch_tally_)}};
@@ -233,12 +228,8 @@ void Trainer::gather_sums() {
     epoch = add_json_sums(epoch, theirs["epoch"]);
   }
   interval_.metrics->load_state(metrics);
-  auto load_tallies = [](std::vector<ExpertTally>& tallies, const nlohmann::json& states) {
-    tallies.resize(std::max(tallies.size(), states.size()));
-    for (size_t l = 0; l < states.size(); ++l) tallies[l].load_state(states[l]);
-  };
-  load_tallies(interval_tally_, interval);
-  load_tallies(epoch_tally_, epoch);
+  load_tally_states(interval_tally_, interval);
+  load_tally_states(epoch_tally_, epoch);
 }
 
 void Trainer::write_epoch_line() {
@@ -541,13 +532,8 @@ TrainSummary Trainer::run(int64_t stop_at_step) {
       model_->train();
       nlohmann::json layers = nlohmann::json::array();
       for (size_t l = 0; l < test.class_expert.size(); ++l) {
-        const at::Tensor counts = test.class_expert[l].contiguous();
-        std::vector<std::vector<int64_t>> rows;
-        for (int64_t c = 0; c < counts.size(0); ++c) {
-          const at::Tensor row = counts[c].contiguous();
-          rows.emplace_back(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
-        }
-        layers.push_back({{"class_expert", rows},
+        const at::Tensor& counts = test.class_expert[l];
+        layers.push_back({{"class_expert", count_rows(counts)},
                           {"mutual_information", mutual_information(counts)},
                           {"expert_loss", to_json_numbers(test.expert_loss[l].mean_loss())},
                           {"samples", to_json_numbers(test.expert_loss[l].counts())}});
@@ -620,23 +606,15 @@ void Trainer::save_checkpoint() {
                     {"nonfinite_total", nonfinite_total_},
                     {"train_seconds", seconds_trained()},
                     {"early_stopping", early_stopping_.state()},
-                    {"epoch_tally", [&] {
-                       nlohmann::json states = nlohmann::json::array();
-                       for (const auto& tally : epoch_tally_) states.push_back(tally.state());
-                       return states;
-                     }()},
-                    {"log_interval", [&] {
-                       nlohmann::json tallies = nlohmann::json::array();
-                       for (const auto& tally : interval_tally_) tallies.push_back(tally.state());
-                       return nlohmann::json{{"loss", interval_.loss},
-                                             {"task_loss", interval_.task_loss},
-                                             {"aux_loss", interval_.aux_loss},
-                                             {"steps", interval_.steps},
-                                             {"metrics", interval_.metrics
-                                                             ? interval_.metrics->state()
-                                                             : nlohmann::json(nullptr)},
-                                             {"tally", tallies}};
-                     }()}});
+                    {"epoch_tally", tally_states(epoch_tally_)},
+                    {"log_interval",
+                     nlohmann::json{{"loss", interval_.loss},
+                                    {"task_loss", interval_.task_loss},
+                                    {"aux_loss", interval_.aux_loss},
+                                    {"steps", interval_.steps},
+                                    {"metrics", interval_.metrics ? interval_.metrics->state()
+                                                                  : nlohmann::json(nullptr)},
+                                    {"tally", tally_states(interval_tally_)}}}});
   const bool keep_best = monitor_.keep_best() && early_stopping_.has_best();
   // Older checkpoints go only once the new one reads back whole.
   verify_checkpoint(directory.string());
@@ -666,10 +644,7 @@ void Trainer::load_checkpoint(const std::string& directory) {
   seconds_before_ = meta.value("train_seconds", 0.0);
   early_stopping_.load_state(meta.value("early_stopping", nlohmann::json::object()));
   epoch_tally_.clear();
-  for (const auto& state : meta.value("epoch_tally", nlohmann::json::array())) {
-    epoch_tally_.emplace_back();
-    epoch_tally_.back().load_state(state);
-  }
+  load_tally_states(epoch_tally_, meta.value("epoch_tally", nlohmann::json::array()));
   // Checkpoints before the log interval was saved resume with an empty one.
   interval_ = LogInterval{};
   interval_.metrics = task_->accumulator();
@@ -681,10 +656,7 @@ void Trainer::load_checkpoint(const std::string& directory) {
     interval_.aux_loss = interval.at("aux_loss").get<double>();
     interval_.steps = interval.at("steps").get<int64_t>();
     if (!interval.at("metrics").is_null()) interval_.metrics->load_state(interval["metrics"]);
-    for (const auto& state : interval.at("tally")) {
-      interval_tally_.emplace_back();
-      interval_tally_.back().load_state(state);
-    }
+    load_tally_states(interval_tally_, interval.at("tally"));
   }
   if (!writes()) {  // the saved sums are every rank's: rank 0 carries them on
     interval_.metrics = task_->accumulator();

@@ -37,6 +37,11 @@ class ExpertTally {
   at::Tensor loss_sum_, count_;  // (E) double
 };
 
+/// Every tally's state(), in order: a JSON array.
+nlohmann::json tally_states(const std::vector<ExpertTally>& tallies);
+/// Loads states[l] into tallies[l], growing `tallies` to the states' count where it is shorter.
+void load_tally_states(std::vector<ExpertTally>& tallies, const nlohmann::json& states);
+
 /// (num_classes, E) int64: how often a sample of each class was computed by each expert.
 at::Tensor class_expert_counts(const nn::RoutingStats& stats, const at::Tensor& labels,
                                int64_t num_classes);
@@ -47,6 +52,10 @@ double mutual_information(const at::Tensor& counts);
 /// The `n` classes an expert sees most, with the share of its samples each makes up.
 std::vector<std::pair<int64_t, double>> top_classes(const at::Tensor& counts, int64_t expert,
                                                     int64_t n);
+
+/// A (rows, E) int64 count matrix as JSON, one array per row; counts_from_rows reads it back.
+nlohmann::json count_rows(const at::Tensor& counts);
+at::Tensor counts_from_rows(const nlohmann::json& rows);
 
 /// A tensor's values, flattened, as doubles.
 std::vector<double> to_doubles(const at::Tensor& t);
