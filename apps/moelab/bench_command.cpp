@@ -183,6 +183,10 @@ void register_bench_command(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"fwd", "fwdbwd"}))
       ->capture_default_str();
   layer->add_option("--router", options->router, "Router kind")->capture_default_str();
+  auto precision = std::make_shared<std::string>("fp32");
+  layer->add_option("--precision", *precision, "fp32, or bf16 (both sides under bf16 autocast)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   layer->add_option("--iterations", options->iterations, "Timed iterations")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -194,6 +198,7 @@ void register_bench_command(CLI::App& app, Action& action) {
   layer->callback([=, &action] {
     action = [=] {
       options->backward = *mode == "fwdbwd";
+      options->precision = parse_precision(*precision, "bench moe-layer --precision");
       print_results(perf::benchmark_moe_layer(*options), *as_json);
     };
   });

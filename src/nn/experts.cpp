@@ -82,7 +82,54 @@ at::Tensor absent_if_placeholder(const at::Tensor& t) {
 // hidden = act(h) for ungated experts; silu(h[:, :F]) * h[:, F:] for gated ones. h: (S, P * F).
 at::Tensor hidden_from_projection(const at::Tensor& h, int64_t d_ff, Activation activation) {
   if (!is_gated(activation)) return activate(h, activation);
-  return activate(h.narrow(1, 0, d_ff), activation).mul_(h.narrow(1, d_ff, d_ff));
+  return swiglu_hidden(h, d_ff);
+}
+
+// oneDNN (LibTorch's bf16 GEMMs on the CPU) compiles a kernel for every new GEMM shape, ~1.7 ms
+// each here, and keeps 1024 of them; expert row counts change every step, so unpadded bf16
+// expert GEMMs compiled about 190 kernels per step of the Brown MoE decoder (~300 ms of a
+// ~1,000 ms step). Each expert's rows are therefore padded with zero rows to a multiple of
+// kRowGranule: a few dozen shapes, compiled once. A zero row adds nothing to any gradient (its
+// upstream gradient is zero too), and its outputs are dropped. float32 GEMMs (OpenBLAS) and GPUs
+// compile nothing per shape and run unpadded.
+constexpr int64_t kRowGranule = 32;
+
+bool pads_expert_rows(const at::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == at::kBFloat16;
+}
+
+// Each expert's count rounded up to kRowGranule, and where each row goes in the padded layout
+// (S) int64; no index when nothing needs padding.
+struct PaddedLayout {
+  std::vector<int64_t> counts;
+  at::Tensor index;
+  int64_t rows = 0;
+};
+
+PaddedLayout padded_layout(const std::vector<int64_t>& counts, const at::TensorOptions& options) {
+  PaddedLayout layout;
+  layout.counts.reserve(counts.size());
+  bool needed = false;
+  for (int64_t c : counts) {
+    layout.counts.push_back((c + kRowGranule - 1) / kRowGranule * kRowGranule);
+    needed = needed || c % kRowGranule != 0;
+  }
+  layout.rows = total_rows(layout.counts);
+  if (!needed) return layout;
+  std::vector<int64_t> index;
+  index.reserve(static_cast<size_t>(total_rows(counts)));
+  int64_t start = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    for (int64_t i = 0; i < counts[e]; ++i) index.push_back(start + i);
+    start += layout.counts[e];
+  }
+  layout.index = at::tensor(index, options.dtype(at::kLong));
+  return layout;
+}
+
+// rows (S, ...) placed at `index` among `padded_rows` zero rows.
+at::Tensor to_padded(const at::Tensor& rows, const at::Tensor& index, int64_t padded_rows) {
+  return at::zeros({padded_rows, rows.size(1)}, rows.options()).index_copy_(0, index, rows);
 }
 
 struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction> {
@@ -93,8 +140,18 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
     const auto activation = static_cast<Activation>(activation_id);
     const at::Tensor b_in = absent_if_placeholder(b_in_or_empty);
     const at::Tensor b_out = absent_if_placeholder(b_out_or_empty);
-    const int64_t rows = x.size(0), d_model = w_out.size(1), d_ff = w_out.size(2);
+    const int64_t d_model = w_out.size(1), d_ff = w_out.size(2);
     at::Tensor xc = x.contiguous();
+    at::Tensor index = at::empty({0}, x.options().dtype(at::kLong));  // none: rows unpadded
+    if (pads_expert_rows(x)) {
+      PaddedLayout layout = padded_layout(counts, x.options());
+      counts = layout.counts;
+      if (layout.index.defined()) {
+        index = layout.index;
+        xc = to_padded(xc, index, layout.rows);
+      }
+    }
+    const int64_t rows = xc.size(0);  // S, padded
     at::Tensor h = at::empty({rows, w_in.size(1)}, x.options());  // (S, P * F)
     per_expert_linear(xc, counts, w_in, b_in, h);
     at::Tensor hidden = hidden_from_projection(h, d_ff, activation);  // (S, F)
@@ -102,21 +159,23 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
     per_expert_linear(hidden, counts, w_out, b_out, y);
     // The hidden activation is recomputed in backward: one elementwise pass is cheaper here than
     // keeping another (S, F) buffer alive between forward and backward.
-    ctx->save_for_backward({xc, w_in, w_out, h});
+    ctx->save_for_backward({xc, w_in, w_out, h, index});
     ctx->saved_data["counts"] = counts;
     ctx->saved_data["activation"] = activation_id;
     ctx->saved_data["has_bias"] = b_in.defined();
-    return y;
+    return index.numel() > 0 ? y.index_select(0, index) : y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w_in = saved[1], &w_out = saved[2], &h = saved[3];
+    const at::Tensor& index = saved[4];
     const std::vector<int64_t> counts = ctx->saved_data["counts"].toIntVector();
     const auto activation = static_cast<Activation>(ctx->saved_data["activation"].toInt());
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const int64_t rows = x.size(0), d_ff = w_out.size(2);
     at::Tensor grad_y = grads[0].contiguous();  // (S, D)
+    if (index.numel() > 0) grad_y = to_padded(grad_y, index, rows);
 
     // Every expert with rows overwrites its slice of the weight gradients; only the idle experts'
     // slices are zeroed (zero-filling whole (E, F, D) buffers is ~400 MB of writes per step at
@@ -134,33 +193,33 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
       }
     }
 
-    // grad_hidden_e = grad_y_e @ W_out_e ; grad_W_out_e = grad_y_e^T @ hidden_e
-    at::Tensor hidden = hidden_from_projection(h, d_ff, activation);
+    // grad_hidden_e = grad_y_e @ W_out_e
     at::Tensor grad_hidden = at::empty({rows, d_ff}, x.options());
     for_each_expert(grad_y, counts, [&](int64_t e, int64_t offset, int64_t n) {
-      at::Tensor gy = grad_y.narrow(0, offset, n);
       at::Tensor gh = grad_hidden.narrow(0, offset, n);
-      at::mm_out(gh, gy, w_out[e]);
-      at::Tensor gw = grad_w_out[e];
-      at::mm_out(gw, gy.t(), hidden.narrow(0, offset, n));
-      if (has_bias) grad_b_out[e].copy_(gy.sum(0));
+      at::mm_out(gh, grad_y.narrow(0, offset, n), w_out[e]);
     });
 
-    // Through the activation into grad_h: (S, P * F), laid out like h.
-    at::Tensor grad_h;
+    // Through the activation into grad_h: (S, P * F), laid out like h; the hidden activation
+    // recomputed (SwiGLU: in the same pass).
+    at::Tensor hidden, grad_h;
     if (is_gated(activation)) {
-      const at::Tensor gate = h.narrow(1, 0, d_ff), up = h.narrow(1, d_ff, d_ff);
-      grad_h = at::empty_like(h);
-      at::Tensor grad_gate = grad_h.narrow(1, 0, d_ff), grad_up = grad_h.narrow(1, d_ff, d_ff);
-      at::mul_out(grad_up, grad_hidden, activate(gate, activation));
-      grad_gate.copy_(activate_backward(grad_hidden.mul_(up), gate, activation));
+      SwiGLUGradient swiglu = swiglu_backward(grad_hidden, h, d_ff);
+      hidden = std::move(swiglu.hidden);
+      grad_h = std::move(swiglu.grad_h);
     } else {
+      hidden = hidden_from_projection(h, d_ff, activation);
       grad_h = activate_backward(grad_hidden, h, activation);
     }
 
-    // grad_W_in_e = grad_h_e^T @ x_e ; grad_x_e = grad_h_e @ W_in_e
+    // grad_W_out_e = grad_y_e^T @ hidden_e ; grad_W_in_e = grad_h_e^T @ x_e ;
+    // grad_x_e = grad_h_e @ W_in_e
     at::Tensor grad_x = at::empty_like(x);
     for_each_expert(grad_h, counts, [&](int64_t e, int64_t offset, int64_t n) {
+      const at::Tensor gy = grad_y.narrow(0, offset, n);
+      at::Tensor gw_out = grad_w_out[e];
+      at::mm_out(gw_out, gy.t(), hidden.narrow(0, offset, n));
+      if (has_bias) grad_b_out[e].copy_(gy.sum(0));
       at::Tensor gh = grad_h.narrow(0, offset, n);
       at::Tensor gw = grad_w_in[e];
       at::mm_out(gw, gh.t(), x.narrow(0, offset, n));
@@ -168,6 +227,7 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
       at::mm_out(gx, gh, w_in[e]);
       if (has_bias) grad_b_in[e].copy_(gh.sum(0));
     });
+    if (index.numel() > 0) grad_x = grad_x.index_select(0, index);
     return {grad_x, grad_w_in, grad_w_out, grad_b_in, grad_b_out, at::Tensor(), at::Tensor()};
   }
 };

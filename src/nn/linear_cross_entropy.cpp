@@ -1,8 +1,13 @@
 #include "moelab/nn/linear_cross_entropy.h"
 
+#include <ATen/Parallel.h>
 #include <torch/autograd.h>
 
+#include <cstring>
+#include <vector>
+
 #include "moelab/util/runtime.h"
+#include "nn/internal/row_kernels.h"
 
 namespace moelab::nn {
 
@@ -11,8 +16,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// log softmax of the chunk's logits, float32 (n, V). h and weight are in the GEMM's type; the
-// softmax is always float32, and one fused kernel per row (the logits of a row stay in cache).
+// log softmax of the chunk's logits, float32 (n, V): the types the row kernel does not take.
 at::Tensor chunk_log_probs(const at::Tensor& h, const at::Tensor& weight) {
   return at::log_softmax(at::mm(h, weight.t()), 1, at::kFloat);
 }
@@ -22,25 +26,50 @@ at::Tensor rows_nll(const at::Tensor& log_probs, const at::Tensor& targets) {
   return log_probs.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1).neg_().mul_(targets.ge(0));
 }
 
-// d nll / d logits of a chunk in h's type: softmax - onehot(target), 0 on rows without a target;
-// writes the chunk's nll. Three passes over the (n, V) logits: the float32 copy, the fused log
-// softmax, and exp written straight into the GEMM's type.
-at::Tensor chunk_logit_gradient(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
-                                at::Tensor* nll) {
-  at::Tensor log_probs = chunk_log_probs(h, weight);
-  if (nll) *nll = rows_nll(log_probs, targets);
-  at::Tensor d_logits;
-  if (h.scalar_type() == at::kFloat) {
-    d_logits = log_probs.exp_();
-  } else {
-    d_logits = at::empty(log_probs.sizes(), log_probs.options().dtype(h.scalar_type()));
-    at::exp_out(d_logits, log_probs);
+bool row_kernel_type(at::ScalarType type) { return type == at::kFloat || type == at::kBFloat16; }
+
+// The chunk's logits h W^T (n, V) in h's type, written into `buffer` (>= n rows, reused across
+// chunks: a fresh 14 MB tensor per chunk costs page faults), then replaced row by row, in place,
+// with d nll / d logits = softmax - onehot(target) (0 on rows without a target) when `gradient`;
+// the chunk's nll goes to `nll` (n) float32. Row kernel for float32 and bf16 logits (one exp per
+// logit, softmax in float32); LibTorch's log_softmax for the other types.
+at::Tensor chunk_logits_and_gradient(const at::Tensor& h, const at::Tensor& weight,
+                                     const at::Tensor& targets, at::Tensor& buffer, bool gradient,
+                                     at::Tensor nll) {
+  const int64_t n = h.size(0), vocab = weight.size(0);
+  if (!row_kernel_type(h.scalar_type())) {
+    at::Tensor log_probs = chunk_log_probs(h, weight);
+    nll.copy_(rows_nll(log_probs, targets));
+    if (!gradient) return at::Tensor();
+    at::Tensor d_logits = log_probs.exp_().to(h.scalar_type());
+    d_logits.scatter_add_(1, targets.clamp_min(0).unsqueeze(1),
+                          -at::ones({n, 1}, d_logits.options()));
+    return d_logits.mul_(targets.ge(0).unsqueeze(1));
   }
-  const at::Tensor index = targets.clamp_min(0).unsqueeze(1);
-  d_logits.scatter_add_(1, index, -at::ones_like(index, d_logits.options()));
-  const at::Tensor missing = targets.lt(0);
-  if (missing.any().item<bool>()) d_logits.masked_fill_(missing.unsqueeze(1), 0);
-  return d_logits;
+  if (!buffer.defined() || buffer.size(0) < n) buffer = at::empty({n, vocab}, h.options());
+  at::Tensor logits = buffer.narrow(0, 0, n);
+  at::mm_out(logits, h, weight.t());
+  const auto& kernels = internal::row_kernels();
+  const bool bf16 = h.scalar_type() == at::kBFloat16;
+  const int64_t* target = targets.data_ptr<int64_t>();
+  float* nll_out = nll.data_ptr<float>();
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(gradient ? static_cast<size_t>(vocab) : 0);
+    for (int64_t r = begin; r < end; ++r) {
+      void* row = static_cast<char*>(logits.data_ptr()) + r * vocab * logits.element_size();
+      if (target[r] < 0) {
+        nll_out[r] = 0.0f;
+        if (gradient) std::memset(row, 0, static_cast<size_t>(vocab * logits.element_size()));
+      } else if (bf16) {
+        nll_out[r] = kernels.softmax_cross_entropy_bf16(static_cast<uint16_t*>(row), vocab, target[r],
+                                                        gradient, scratch.data());
+      } else {
+        nll_out[r] = kernels.softmax_cross_entropy_f32(static_cast<float*>(row), vocab, target[r],
+                                                       gradient, scratch.data());
+      }
+    }
+  });
+  return logits;
 }
 
 // sum += d_logits^T @ h: in float32 when h is float32, else a GEMM in h's type added to the
@@ -69,17 +98,13 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
       grad_hidden = at::empty_like(h);
       grad_weight = at::zeros(w.sizes(), w.options().dtype(at::kFloat));
     }
+    at::Tensor buffer;
     for (int64_t start = 0; start < rows; start += chunk_rows) {
       const int64_t n = std::min(chunk_rows, rows - start);
-      const at::Tensor hc = h.narrow(0, start, n), tc = targets.narrow(0, start, n);
-      if (!gradients) {
-        // Evaluation: the nll alone.
-        nll.narrow(0, start, n).copy_(rows_nll(chunk_log_probs(hc, w), tc));
-        continue;
-      }
-      at::Tensor chunk_nll;
-      const at::Tensor d_logits = chunk_logit_gradient(hc, w, tc, &chunk_nll);
-      nll.narrow(0, start, n).copy_(chunk_nll);
+      const at::Tensor hc = h.narrow(0, start, n);
+      const at::Tensor d_logits = chunk_logits_and_gradient(hc, w, targets.narrow(0, start, n), buffer,
+                                                            gradients, nll.narrow(0, start, n));
+      if (!gradients) continue;  // evaluation: the nll alone
       at::Tensor rows_out = grad_hidden.narrow(0, start, n);
       at::mm_out(rows_out, d_logits, w);
       accumulate_weight_gradient(grad_weight, d_logits, hc);
@@ -115,11 +140,13 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
       // Rows weighted differently: sum_r g_r (softmax_r - onehot_r)^T h_r, recomputed.
       const int64_t chunk_rows = ctx->saved_data["chunk_rows"].toInt();
       d_weight = at::zeros(w.sizes(), w.options().dtype(at::kFloat));
+      at::Tensor buffer, unused_nll = at::empty({std::min(chunk_rows, h.size(0))}, g.options());
       for (int64_t start = 0; start < h.size(0); start += chunk_rows) {
         const int64_t n = std::min(chunk_rows, h.size(0) - start);
         const at::Tensor hc = h.narrow(0, start, n);
         const at::Tensor d_logits =
-            chunk_logit_gradient(hc, w, targets.narrow(0, start, n), nullptr).mul_(g.narrow(0, start, n).unsqueeze(1));
+            chunk_logits_and_gradient(hc, w, targets.narrow(0, start, n), buffer, true, unused_nll.narrow(0, 0, n))
+                .mul_(g.narrow(0, start, n).unsqueeze(1));
         accumulate_weight_gradient(d_weight, d_logits, hc);
       }
     }
@@ -138,6 +165,11 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
               "linear_cross_entropy: targets must be (N) int64, got ", targets.scalar_type(), " ",
               targets.sizes());
   TORCH_CHECK(chunk_rows >= 1, "linear_cross_entropy: chunk_rows must be >= 1");
+  if (targets.numel() > 0) {
+    const int64_t largest = targets.max().item<int64_t>();
+    TORCH_CHECK(largest < weight.size(0), "linear_cross_entropy: target ", largest,
+                " is outside the vocabulary of ", weight.size(0));
+  }
   return LinearCrossEntropy::apply(hidden, weight, targets.contiguous(), chunk_rows);
 }
 

@@ -44,6 +44,7 @@ void check(const LayerBenchmarkOptions& o) {
   require(o.top_k >= 1 && o.top_k <= o.experts,
           fmt::format("top_k ({}) must be in [1, experts={}]", o.top_k, o.experts));
   require(o.iterations >= 1 && o.warmup >= 0, "iterations must be >= 1 and warmup >= 0");
+  check_precision_supported(o.precision, "bench moe-layer --precision");
   try {
     nn::parse_router_kind(o.router);
   } catch (const c10::Error& e) {
@@ -52,8 +53,9 @@ void check(const LayerBenchmarkOptions& o) {
 }
 
 std::string shape_name(const LayerBenchmarkOptions& o) {
-  return fmt::format("T={}/D={}/F={}/E={}/k={}/{}", o.tokens, o.d_model, o.d_ff, o.experts,
-                     o.top_k, o.backward ? "fwdbwd" : "fwd");
+  return fmt::format("T={}/D={}/F={}/E={}/k={}/{}{}", o.tokens, o.d_model, o.d_ff, o.experts,
+                     o.top_k, o.backward ? "fwdbwd" : "fwd",
+                     o.precision == Precision::kBFloat16 ? "/bf16" : "");
 }
 
 double expert_flops(const LayerBenchmarkOptions& o) {
@@ -64,12 +66,17 @@ double expert_flops(const LayerBenchmarkOptions& o) {
 // A module's forward (and backward against a fixed gradient) on a fixed input, gradients
 // dropped after each step so every step does the same work.
 template <typename Module, typename Forward>
-std::function<void()> timed_step(Module module, at::Tensor x, bool backward, Forward forward) {
+std::function<void()> timed_step(Module module, at::Tensor x, bool backward, Precision precision,
+                                 Forward forward) {
   const at::Tensor grad = torch::randn_like(x.detach());
-  return [module, x, grad, backward, forward]() mutable {
+  return [module, x, grad, backward, precision, forward]() mutable {
     std::optional<torch::NoGradGuard> no_grad;
     if (!backward) no_grad.emplace();
-    at::Tensor out = forward(module, x);
+    at::Tensor out;
+    {
+      AutocastScope autocast(precision);
+      out = forward(module, x);
+    }
     if (!backward) return;
     out.backward(grad);
     clear_grads(*module);
@@ -87,7 +94,7 @@ BenchmarkCase moe_layer_case(const LayerBenchmarkOptions& o) {
   nn::MoELayer moe(layer_options);
   const at::Tensor x = torch::randn({o.tokens, o.d_model}).requires_grad_(o.backward);
   return {"moe_layer/" + o.router + "/" + shape_name(o),
-          timed_step(moe, x, o.backward,
+          timed_step(moe, x, o.backward, o.precision,
                      [](nn::MoELayer& m, const at::Tensor& in) { return m->forward(in).output; }),
           expert_flops(o), o.tokens};
 }
@@ -98,7 +105,7 @@ BenchmarkCase dense_reference_case(const LayerBenchmarkOptions& o) {
   nn::FeedForward dense(o.d_model, o.d_ff);
   const at::Tensor x = torch::randn({o.tokens * o.top_k, o.d_model}).requires_grad_(o.backward);
   return {"dense_ffn_ref/" + shape_name(o),
-          timed_step(dense, x, o.backward,
+          timed_step(dense, x, o.backward, o.precision,
                      [](nn::FeedForward& m, const at::Tensor& in) { return m->forward(in); }),
           expert_flops(o), o.tokens};
 }

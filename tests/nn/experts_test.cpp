@@ -108,6 +108,40 @@ TEST(FFNExpertsTest, ExpertsSideBySideOnTwoThreadsGiveOneThreadsNumbers) {
   at::set_num_threads(threads);
 }
 
+// bf16 expert rows are padded to multiples of 32 for the GEMMs (oneDNN compiles a kernel per
+// shape): outputs and every gradient stay those of the float32 experts within bf16 rounding,
+// with biases (padding rows then have non-zero activations, which must not leak), an idle
+// expert, and counts on both sides of a multiple of 32.
+TEST(FFNExpertsTest, Bf16RowsPaddedForTheGemmsKeepTheFloat32Numbers) {
+  torch::manual_seed(5);
+  const std::vector<int64_t> counts{33, 1, 0, 70, 32};
+  for (Activation activation : {Activation::kSwiGLU, Activation::kGELU}) {
+    FFNExperts module(FFNExpertsOptions(16, 24, 5).activation(activation).bias(true));
+    const at::Tensor x = torch::randn({136, 16}), probe = torch::randn({136, 16});
+    auto run = [&](moelab::Precision precision) {
+      const at::Tensor input = x.clone().requires_grad_(true);
+      at::Tensor y;
+      {
+        moelab::AutocastScope autocast(precision);
+        y = module->forward(input.to(precision == moelab::Precision::kBFloat16 ? at::kBFloat16 : at::kFloat), counts);
+      }
+      (y.to(at::kFloat) * probe).sum().backward();
+      std::vector<at::Tensor> out{y.detach().to(at::kFloat), input.grad()};
+      for (auto& p : module->parameters()) {
+        out.push_back(p.grad().clone());
+        p.mutable_grad() = at::Tensor();
+      }
+      return out;
+    };
+    const auto reference = run(moelab::Precision::kFloat32), bf16 = run(moelab::Precision::kBFloat16);
+    for (size_t i = 0; i < reference.size(); ++i) {
+      const double scale = reference[i].abs().max().item<double>();
+      EXPECT_LT((bf16[i] - reference[i]).abs().max().item<double>(), 0.03 * scale)
+          << "tensor " << i << " for " << moelab::nn::to_string(activation);
+    }
+  }
+}
+
 TEST(FFNExpertsTest, ParametersHaveStableNamesAndShapes) {
   FFNExperts module(FFNExpertsOptions(4, 6, 3));
   auto named = module->named_parameters();

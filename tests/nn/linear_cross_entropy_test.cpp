@@ -73,3 +73,35 @@ TEST(LinearCrossEntropyTest, Bf16AutocastKeepsFloat32SoftmaxAndGradients) {
     EXPECT_TRUE(torch::allclose(w1.grad(), w2.grad(), 3e-2, 3e-2)) << "uniform " << uniform;
   }
 }
+
+// A vocabulary that fills whole vectors of the row kernel and leaves a tail (37 = 2 x 16 + 5),
+// float32 and bf16, every row kernel version: agreement with the unfused form; a target outside
+// the vocabulary is refused with its value.
+TEST(LinearCrossEntropyTest, WholeVectorsAndTailsOfTheRowKernel) {
+  torch::manual_seed(2);
+  const at::Tensor targets = torch::tensor({36, -1, 0, 17, 16, 31, -1, 5, 32, 4, 15, 20, 1}, torch::kLong);
+  for (auto precision : {moelab::Precision::kFloat32, moelab::Precision::kBFloat16}) {
+    const at::Tensor h0 = torch::randn({13, 24}), w0 = torch::randn({37, 24}) * 0.3;
+    auto h1 = h0.clone().requires_grad_(), w1 = w0.clone().requires_grad_();
+    auto h2 = h0.clone().requires_grad_(), w2 = w0.clone().requires_grad_();
+    at::Tensor fused;
+    {
+      moelab::AutocastScope autocast(precision);
+      fused = moelab::nn::linear_cross_entropy(h1, w1, targets, /*chunk_rows=*/5);
+    }
+    const at::Tensor plain = reference_nll(h2, w2, targets);
+    const double tolerance = precision == moelab::Precision::kFloat32 ? 1e-5 : 5e-2;
+    EXPECT_TRUE(torch::allclose(fused, plain, tolerance, tolerance)) << (fused - plain).abs().max();
+    EXPECT_EQ(fused[6].item<float>(), 0.0f);
+    fused.mean().backward();
+    plain.mean().backward();
+    EXPECT_TRUE(torch::allclose(h1.grad(), h2.grad(), tolerance, tolerance)) << (h1.grad() - h2.grad()).abs().max();
+    EXPECT_TRUE(torch::allclose(w1.grad(), w2.grad(), tolerance, tolerance)) << (w1.grad() - w2.grad()).abs().max();
+  }
+  try {
+    moelab::nn::linear_cross_entropy(torch::randn({2, 24}), torch::randn({37, 24}), torch::tensor({3, 37}, torch::kLong));
+    ADD_FAILURE() << "a target outside the vocabulary was accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("target 37 is outside the vocabulary of 37"), std::string::npos) << e.what();
+  }
+}

@@ -24,4 +24,18 @@ at::Tensor activate(const at::Tensor& h, Activation activation);
 /// d activate(h) / dh applied to `grad`.
 at::Tensor activate_backward(const at::Tensor& grad, const at::Tensor& h, Activation activation);
 
+/// SwiGLU's hidden silu(gate) * up (S, F) from the gated projection's output h (S, 2F) = [gate |
+/// up], in one fused pass for float32 and bfloat16 (src/nn/internal/row_kernels.h); other types
+/// through LibTorch's ops.
+at::Tensor swiglu_hidden(const at::Tensor& h, int64_t d_ff);
+
+struct SwiGLUGradient {
+  at::Tensor hidden;  // (S, F) silu(gate) * up, recomputed
+  at::Tensor grad_h;  // (S, 2F) [d/d gate | d/d up], laid out like h
+};
+
+/// The backward of swiglu_hidden for the upstream gradient grad_hidden (S, F), in one pass that
+/// also recomputes the hidden (the experts' W2 gradient needs it).
+SwiGLUGradient swiglu_backward(const at::Tensor& grad_hidden, const at::Tensor& h, int64_t d_ff);
+
 }  // namespace moelab::nn

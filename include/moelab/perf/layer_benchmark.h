@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "moelab/util/runtime.h"
+
 namespace moelab::perf {
 
 struct LayerBenchmarkOptions {
@@ -21,6 +23,8 @@ struct LayerBenchmarkOptions {
   int iterations = 10;
   std::string router = "top_k";
   uint64_t seed = 0;
+  /// bf16: both sides under bf16 autocast, as a bf16 run trains (weights float32).
+  Precision precision = Precision::kFloat32;
 };
 
 struct BenchmarkResult {
