@@ -1,6 +1,5 @@
 #include "moelab/train/step.h"
 
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/optimizer.h>
 
 #include <chrono>
@@ -14,6 +13,39 @@ bool gradients_are_finite(const torch::nn::Module& module) {
   }
   return true;
 }
+
+namespace {
+
+// The gradients' total 2-norm exactly as torch::nn::utils::clip_grad_norm_ computes it (the norm
+// of the per-parameter norms, in the gradients' type).
+at::Tensor total_gradient_norm(const std::vector<at::Tensor>& grads) {
+  std::vector<at::Tensor> norms;
+  norms.reserve(grads.size());
+  for (const auto& grad : grads) norms.push_back(grad.norm(2));
+  return norms.size() == 1 ? norms[0] : at::stack(norms).norm(2);
+}
+
+// The finite check and clip_grad_norm_ in one pass over the gradients: the norm is non-finite
+// exactly when some element is (or when the squares overflow float, a step no clipping would
+// save either). Scales as clip_grad_norm_ does, bit for bit, and skips its multiplication by
+// exactly 1. Returns whether the gradients were finite.
+bool clip_finite_gradients(const torch::nn::Module& model, double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : model.parameters()) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  if (grads.empty()) return true;
+  torch::NoGradGuard no_grad;
+  const at::Tensor norm = total_gradient_norm(grads);
+  if (!std::isfinite(norm.item<double>())) return false;
+  const at::Tensor coefficient = at::clamp(max_norm / (norm + 1e-6), c10::nullopt, 1.0);
+  if (coefficient.item<double>() < 1.0) {
+    for (auto& grad : grads) grad.mul_(coefficient);
+  }
+  return true;
+}
+
+}  // namespace
 
 void update_routing_biases(torch::nn::Module& model, double rate_scale) {
   for (auto& child : model.modules(/*include_self=*/false)) {
@@ -93,19 +125,18 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
     options.sync->synchronise(model, result);
     clock.charge(&StepTimes::sync);
   }
-  result.finite = result.finite && gradients_are_finite(model);
+  const bool clip_alone = options.clip_grad_norm > 0 && !options.sync;
+  if (clip_alone) {
+    result.finite = result.finite && clip_finite_gradients(model, options.clip_grad_norm);
+  } else {
+    result.finite = result.finite && gradients_are_finite(model);
+  }
   if (!result.finite) {
     optimizer.zero_grad();
     clock.charge(&StepTimes::checks);
     return result;
   }
-  if (options.clip_grad_norm > 0) {
-    if (options.sync) {
-      options.sync->clip_gradients(model, options.clip_grad_norm);
-    } else {
-      torch::nn::utils::clip_grad_norm_(model.parameters(), options.clip_grad_norm);
-    }
-  }
+  if (options.clip_grad_norm > 0 && options.sync) options.sync->clip_gradients(model, options.clip_grad_norm);
   clock.charge(&StepTimes::checks);
   optimizer.step();
   update_routing_biases(model, options.routing_bias_scale);

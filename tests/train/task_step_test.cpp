@@ -208,6 +208,44 @@ TEST(TrainStepTest, OneStepOnAnyModelAndANonFiniteStepUpdatesNothing) {
   EXPECT_TRUE(torch::equal(model->named_parameters()["head.weight"], after));
 }
 
+// Clipping and the finite check share one pass over the gradients: the update equals LibTorch's
+// clip_grad_norm_ followed by the same SGD step, bit for bit, and a non-finite gradient under a
+// finite loss still skips the step.
+TEST(TrainStepTest, ClippingScalesAsLibTorchAndCatchesNonFiniteGradients) {
+  torch::manual_seed(2);
+  auto model = tiny_mlp();
+  auto reference = model->deep_copy();
+  auto task = moelab::train::make_task("classification");
+  const Batch batch({{kInputs, torch::randn({6, 5}) * 30}, {kTargets, torch::tensor({0, 1, 2, 0, 1, 2})}});
+  moelab::train::StepOptions clipped;
+  clipped.clip_grad_norm = 0.05;
+  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.1));
+  ASSERT_TRUE(moelab::train::train_step(*model, sgd, *task, [&] { return batch; }, clipped).finite);
+  // The reference: gradients from a step that moves nothing, then LibTorch's clip and SGD's update.
+  torch::optim::SGD still(reference->parameters(), torch::optim::SGDOptions(0.0));
+  moelab::train::train_step(*reference, still, *task, [&] { return batch; }, moelab::train::StepOptions());
+  const double norm = torch::nn::utils::clip_grad_norm_(reference->parameters(), 0.05);
+  EXPECT_GT(norm, 0.05) << "the case must clip";
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : reference->parameters()) p.add_(p.grad(), -0.1);
+  }
+  const auto expected = reference->named_parameters();
+  for (const auto& p : model->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), expected[p.key()])) << p.key();
+  }
+  // A NaN gradient behind a finite loss.
+  const at::Tensor before = model->named_parameters()["head.weight"].detach().clone();
+  auto hook = model->named_parameters()["head.weight"].register_hook(
+      [](const at::Tensor& grad) { return grad * std::nan(""); });
+  const moelab::train::StepResult skipped =
+      moelab::train::train_step(*model, sgd, *task, [&] { return batch; }, clipped);
+  EXPECT_TRUE(std::isfinite(skipped.task_loss_sum));
+  EXPECT_FALSE(skipped.finite);
+  EXPECT_TRUE(torch::equal(model->named_parameters()["head.weight"], before));
+  model->named_parameters()["head.weight"].remove_hook(hook);
+}
+
 class WeightLoadingTest : public moelab::testing::TempDirTest {};
 
 TEST_F(WeightLoadingTest, StrictNonStrictAndRenamedPrefixes) {
