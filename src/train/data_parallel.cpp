@@ -7,10 +7,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <type_traits>
 
 #include "moelab/nn/moe_layer.h"
 #include "moelab/nn/router.h"
+#include "moelab/train/optimizer.h"
 
 namespace moelab::train {
 
@@ -99,18 +99,6 @@ std::map<std::string, at::Tensor> ExpertShards::whole_parameters() const {
   return out;
 }
 
-namespace {
-// A parameter's key in an optimiser's state: its TensorImpl's address as text in LibTorch 1.x,
-// the address itself from 2.0.
-template <typename States>
-typename States::key_type optimizer_state_key(const States&, const at::Tensor& param) {
-  if constexpr (std::is_same_v<typename States::key_type, std::string>) {
-    return c10::str(param.unsafeGetTensorImpl());
-  } else {
-    return param.unsafeGetTensorImpl();
-  }
-}
-}  // namespace
 
 void ExpertShards::convert_optimizer_state(torch::optim::Optimizer& optimizer, bool whole) const {
   auto convert = [&](const at::Tensor& t) {

@@ -5,6 +5,8 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 
 #include "moelab/config/fields.h"
@@ -62,6 +64,86 @@ void validate(const OptimizerOptions& o, const std::string& where) {
 }
 
 namespace {
+
+// torch::optim::AdamW with its per-parameter update fused: the same state (AdamWParamState,
+// created as LibTorch creates it, so checkpoints load either way), options and formula (decoupled
+// decay, then p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)) in one pass per
+// float32 parameter. The float arithmetic follows LibTorch's op order; its last bits may differ
+// where LibTorch's vector kernels fuse a multiply-add. Other parameters (not float32, not
+// contiguous, amsgrad) take LibTorch's own step.
+class FusedAdamW : public torch::optim::AdamW {
+ public:
+  using torch::optim::AdamW::AdamW;
+
+  at::Tensor step(LossClosure closure = nullptr) override {
+    if (closure != nullptr || !fusable()) return torch::optim::AdamW::step(closure);
+    torch::NoGradGuard no_grad;
+    for (auto& group : param_groups()) {
+      const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
+      for (auto& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        update(p, options);
+      }
+    }
+    return {};
+  }
+
+ private:
+  bool fusable() {
+    for (auto& group : param_groups()) {
+      if (static_cast<const torch::optim::AdamWOptions&>(group.options()).amsgrad()) return false;
+      for (auto& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        if (p.scalar_type() != at::kFloat || !p.device().is_cpu() || !p.is_contiguous() ||
+            p.grad().scalar_type() != at::kFloat || !p.grad().is_contiguous() || p.grad().is_sparse()) {
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+
+  void update(at::Tensor& p, const torch::optim::AdamWOptions& options) {
+    auto& states = state();
+    const auto key = optimizer_state_key(states, p);
+    auto found = states.find(key);
+    if (found == states.end()) {
+      auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+      fresh->step(0);
+      fresh->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
+      fresh->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+      found = states.emplace(key, std::move(fresh)).first;
+    }
+    auto& s = static_cast<torch::optim::AdamWParamState&>(*found->second);
+    s.step(s.step() + 1);
+    const auto [beta1, beta2] = options.betas();
+    const double bias_correction1 = 1 - std::pow(beta1, s.step());
+    const double bias_correction2 = 1 - std::pow(beta2, s.step());
+    const bool decays = options.weight_decay() != 0;
+    const float decay = static_cast<float>(1 - options.lr() * options.weight_decay());
+    const float b1 = static_cast<float>(beta1), one_minus_b1 = static_cast<float>(1 - beta1);
+    const float b2 = static_cast<float>(beta2), one_minus_b2 = static_cast<float>(1 - beta2);
+    const float sqrt_bc2 = static_cast<float>(std::sqrt(bias_correction2));
+    const float eps = static_cast<float>(options.eps());
+    const float neg_step = static_cast<float>(-options.lr() / bias_correction1);
+    float* const param = p.data_ptr<float>();
+    const float* const grad = p.grad().data_ptr<float>();
+    float* const m = s.exp_avg().data_ptr<float>();
+    float* const v = s.exp_avg_sq().data_ptr<float>();
+    at::parallel_for(0, p.numel(), 32768, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const float g = grad[i];
+        const float m_i = m[i] * b1 + one_minus_b1 * g;
+        const float v_i = v[i] * b2 + one_minus_b2 * g * g;
+        const float denominator = std::sqrt(v_i) / sqrt_bc2 + eps;
+        const float p_i = decays ? param[i] * decay : param[i];
+        m[i] = m_i;
+        v[i] = v_i;
+        param[i] = p_i + neg_step * (m_i / denominator);
+      }
+    });
+  }
+};
 
 std::unique_ptr<torch::optim::OptimizerOptions> group_options(const OptimizerOptions& o, double lr,
                                                               double weight_decay) {
@@ -127,7 +209,7 @@ OptimizerSetup build_optimizer(torch::nn::Module& model, const OptimizerOptions&
     setup.optimizer = std::make_unique<torch::optim::SGD>(
         groups, static_cast<torch::optim::SGDOptions&>(*defaults));
   } else {
-    setup.optimizer = std::make_unique<torch::optim::AdamW>(
+    setup.optimizer = std::make_unique<FusedAdamW>(
         groups, static_cast<torch::optim::AdamWOptions&>(*defaults));
   }
   return setup;

@@ -179,6 +179,53 @@ TEST(OptimizerTest, GroupsByPatternFrozenParametersAreLeftOut) {
             "train.optimizer.beta2: must be in [0, 1), got 1.5");
 }
 
+// The run's AdamW (one fused pass per float32 parameter) against LibTorch's AdamW: the same
+// parameters and moments after several steps with weight decay in one group and not in the
+// other, within float rounding, and a state LibTorch's AdamW reads (a checkpoint loads either way).
+TEST(OptimizerTest, FusedAdamWFollowsLibTorchsAdamW) {
+  torch::manual_seed(3);
+  auto model = tiny_mlp();
+  model->eval();  // no dropout: both copies see the same function
+  auto reference = model->deep_copy();
+  moelab::train::OptimizerOptions options;
+  options.lr(3e-2).weight_decay(0.1).beta2(0.99);
+  options.groups().push_back(moelab::train::ParamGroupOptions().match("*.bias").weight_decay(0));
+  moelab::train::OptimizerSetup fused = moelab::train::build_optimizer(*model, options);
+  std::vector<at::Tensor> decayed, plain;
+  for (const auto& p : reference->named_parameters()) {
+    (p.key().size() >= 5 && p.key().compare(p.key().size() - 5, 5, ".bias") == 0 ? plain : decayed).push_back(p.value());
+  }
+  torch::optim::AdamW libtorch({torch::optim::OptimizerParamGroup(decayed, std::make_unique<torch::optim::AdamWOptions>(
+                                    torch::optim::AdamWOptions(3e-2).weight_decay(0.1).betas({0.9, 0.99}))),
+                                torch::optim::OptimizerParamGroup(plain, std::make_unique<torch::optim::AdamWOptions>(
+                                    torch::optim::AdamWOptions(3e-2).weight_decay(0).betas({0.9, 0.99})))},
+                               torch::optim::AdamWOptions(3e-2));
+  for (int step = 0; step < 4; ++step) {
+    const at::Tensor x = torch::randn({6, 5});
+    for (auto* m : {&model, &reference}) {
+      (*m)->zero_grad();
+      (*m)->forward(Batch({{kInputs, x}})).outputs.pow(2).sum().backward();
+    }
+    fused.optimizer->step();
+    libtorch.step();
+  }
+  const auto expected = reference->named_parameters();
+  for (const auto& p : model->named_parameters()) {
+    EXPECT_TRUE(torch::allclose(p.value(), expected[p.key()], 1e-5, 1e-6)) << p.key();
+    EXPECT_FALSE(torch::equal(p.value(), p.value().detach().clone().zero_())) << p.key();
+    const auto& state = fused.optimizer->state();
+    const auto found = state.find(moelab::train::optimizer_state_key(state, p.value()));
+    ASSERT_NE(found, state.end()) << p.key();
+    auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(found->second.get());
+    ASSERT_NE(adamw, nullptr);
+    EXPECT_EQ(adamw->step(), 4);
+    const auto& reference_state = libtorch.state();
+    const auto& other = static_cast<torch::optim::AdamWParamState&>(
+        *reference_state.at(moelab::train::optimizer_state_key(reference_state, expected[p.key()])));
+    EXPECT_TRUE(torch::allclose(adamw->exp_avg_sq(), other.exp_avg_sq(), 1e-5, 1e-9)) << p.key();
+  }
+}
+
 TEST(TrainStepTest, OneStepOnAnyModelAndANonFiniteStepUpdatesNothing) {
   torch::manual_seed(1);
   auto model = tiny_mlp();

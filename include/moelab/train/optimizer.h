@@ -17,6 +17,7 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "moelab/train/schedule.h"
@@ -90,7 +91,20 @@ struct OptimizerSetup {
 };
 
 /// Freezes what the groups say, then builds the optimiser over `model`'s trainable parameters.
-/// ConfigError if nothing is left to train.
+/// ConfigError if nothing is left to train. AdamW is LibTorch's torch::optim::AdamW (its state,
+/// checkpoints and options) with the update of each float32 parameter fused into one pass over
+/// its four arrays (LibTorch 1.13's makes nine passes; 31 ms of a 590 ms language-model step).
 OptimizerSetup build_optimizer(torch::nn::Module& model, const OptimizerOptions& options);
+
+/// A parameter's key in an optimiser's state: its TensorImpl's address as text in LibTorch 1.x,
+/// the address itself from 2.0.
+template <typename States>
+typename States::key_type optimizer_state_key(const States&, const at::Tensor& param) {
+  if constexpr (std::is_same_v<typename States::key_type, std::string>) {
+    return c10::str(param.unsafeGetTensorImpl());
+  } else {
+    return param.unsafeGetTensorImpl();
+  }
+}
 
 }  // namespace moelab::train
