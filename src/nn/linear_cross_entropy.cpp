@@ -26,18 +26,21 @@ at::Tensor rows_nll(const at::Tensor& log_probs, const at::Tensor& targets) {
   return log_probs.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1).neg_().mul_(targets.ge(0));
 }
 
-bool row_kernel_type(at::ScalarType type) { return type == at::kFloat || type == at::kBFloat16; }
+// The row kernel takes float32 and bf16 logits in CPU memory.
+bool row_kernel_takes(const at::Tensor& h) {
+  return h.device().is_cpu() && (h.scalar_type() == at::kFloat || h.scalar_type() == at::kBFloat16);
+}
 
 // The chunk's logits h W^T (n, V) in h's type, written into `buffer` (>= n rows, reused across
 // chunks: a fresh 14 MB tensor per chunk costs page faults), then replaced row by row, in place,
 // with d nll / d logits = softmax - onehot(target) (0 on rows without a target) when `gradient`;
-// the chunk's nll goes to `nll` (n) float32. Row kernel for float32 and bf16 logits (one exp per
-// logit, softmax in float32); LibTorch's log_softmax for the other types.
+// the chunk's nll goes to `nll` (n) float32. Row kernel for float32 and bf16 logits on the CPU (one
+// exp per logit, softmax in float32); LibTorch's log_softmax otherwise (other types, GPUs).
 at::Tensor chunk_logits_and_gradient(const at::Tensor& h, const at::Tensor& weight,
                                      const at::Tensor& targets, at::Tensor& buffer, bool gradient,
                                      at::Tensor nll) {
   const int64_t n = h.size(0), vocab = weight.size(0);
-  if (!row_kernel_type(h.scalar_type())) {
+  if (!row_kernel_takes(h)) {
     at::Tensor log_probs = chunk_log_probs(h, weight);
     nll.copy_(rows_nll(log_probs, targets));
     if (!gradient) return at::Tensor();
