@@ -1,13 +1,15 @@
 #include "moelab/nn/experts.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <torch/autograd.h>
 
-#include <cstdlib>
-
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
+
+#include "internal/side_by_side.h"
 
 namespace moelab::nn {
 
@@ -27,33 +29,52 @@ int64_t total_rows(const std::vector<int64_t>& counts) {
   return std::accumulate(counts.begin(), counts.end(), int64_t{0});
 }
 
-// Calls fn(e, offset, rows) for every expert that has rows. Many small experts run side by side,
-// each GEMM on one thread (OpenBLAS does not split a call made inside a parallel region): a
-// threaded GEMM of ~100 rows spends much of its time synchronising. Few large experts run one
-// after another, each GEMM using every thread.
-template <typename Fn>
-void for_each_expert(const at::Tensor& rows, const std::vector<int64_t>& counts, Fn&& fn) {
-  const auto num_experts = static_cast<int64_t>(counts.size());
+std::vector<int64_t> expert_offsets(const std::vector<int64_t>& counts) {
   std::vector<int64_t> offsets(counts.size() + 1, 0);
   std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
-  const int64_t mean_rows = offsets.back() / std::max<int64_t>(num_experts, 1);
-  auto run = [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) {
-      if (counts[e] > 0) fn(e, offsets[e], counts[e]);
-    }
-  };
-  // On a GPU the device runs the experts' kernels side by side itself (and OpenMP's threads
-  // have no CUDA context).
-  if (mean_rows < kParallelExpertRows && num_experts > 1 && rows.device().is_cpu()) {
-    // OpenMP's threads start with default thread-local state: the caller's grad mode (off inside
-    // an autograd Function) and autocast settings go with the work.
-    const at::ThreadLocalState caller;
-    at::parallel_for(0, num_experts, 1, [&](int64_t begin, int64_t end) {
-      at::ThreadLocalStateGuard guard(caller);
-      run(begin, end);
-    });
-  } else {
-    run(0, num_experts);
+  return offsets;
+}
+
+// Whether experts should run side by side, one thread each, rather than one after another with
+// every thread inside each: many small experts on a CPU. A threaded GEMM or convolution of ~100
+// rows spends much of its time synchronising; OpenBLAS and oneDNN called inside a parallel
+// region use one thread. On a GPU the device runs the experts' kernels side by side itself (and
+// OpenMP's threads have no CUDA context).
+bool suits_side_by_side(const at::Tensor& rows, const std::vector<int64_t>& counts) {
+  if (!rows.device().is_cpu() || at::get_num_threads() < 2 || at::in_parallel_region()) return false;
+  const auto busy = std::count_if(counts.begin(), counts.end(), [](int64_t n) { return n > 0; });
+  const int64_t mean_rows = total_rows(counts) / std::max<int64_t>(static_cast<int64_t>(counts.size()), 1);
+  return busy > 1 && mean_rows < kParallelExpertRows;
+}
+
+// Calls fn(e) for every expert with rows, on every thread at once: each thread takes the next
+// expert when it finishes one, largest first, so the threads finish together even when the
+// router is unbalanced. Each expert runs whole on one thread (side_by_side.h), so its result
+// does not depend on which thread ran it.
+template <typename Fn>
+void run_side_by_side(const std::vector<int64_t>& counts, Fn&& fn) {
+  std::vector<int64_t> order;
+  for (int64_t e = 0; e < static_cast<int64_t>(counts.size()); ++e) {
+    if (counts[e] > 0) order.push_back(e);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return counts[a] > counts[b]; });
+  std::atomic<size_t> next{0};
+  internal::run_on_threads([&] {
+    for (size_t i = next++; i < order.size(); i = next++) fn(order[i]);
+  });
+}
+
+// Calls fn(e, offset, rows) for every expert that has rows: side by side when they are many and
+// small, else one after another, each GEMM using every thread.
+template <typename Fn>
+void for_each_expert(const at::Tensor& rows, const std::vector<int64_t>& counts, Fn&& fn) {
+  const std::vector<int64_t> offsets = expert_offsets(counts);
+  if (suits_side_by_side(rows, counts)) {
+    run_side_by_side(counts, [&](int64_t e) { fn(e, offsets[e], counts[e]); });
+    return;
+  }
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e] > 0) fn(static_cast<int64_t>(e), offsets[e], counts[e]);
   }
 }
 
@@ -333,6 +354,85 @@ int64_t FFNExpertsImpl::macs_per_row() const {
   return projections * options.d_model() * options.d_ff();
 }
 
+namespace {
+
+// Whether a module draws random numbers in training (dropout): such experts run one after
+// another, so that they draw from the global generator in the same order every time.
+bool draws_random_numbers(const torch::nn::Module& module) {
+  for (const auto& child : module.modules(/*include_self=*/true)) {
+    const std::string& name = child->name();
+    if (name.find("Dropout") != std::string::npos || name.find("RReLU") != std::string::npos) return true;
+  }
+  return false;
+}
+
+// Module experts side by side under autograd. Forward: each expert records its own graph on its
+// own thread (grad mode on there), from its rows detached. Backward: each expert's graph runs
+// backward on its own thread again; the parameters' gradients reach .grad (and their hooks run
+// once) through those inner passes, as in a plain backward. The inputs: x, and when x needs no
+// gradient (images) an empty `anchor` that does, so that the node joins the graph at all.
+at::Tensor checked_output(at::Tensor y, size_t expert, int64_t rows) {
+  TORCH_CHECK(y.dim() >= 1 && y.size(0) == rows, "ModuleExperts: expert ", expert, " returned ",
+              y.sizes(), " for ", rows, " rows; an expert must keep the batch dimension");
+  return y;
+}
+
+struct SideBySideExpertsFunction : public torch::autograd::Function<SideBySideExpertsFunction> {
+  static at::Tensor forward(AutogradContext* ctx, std::vector<torch::nn::AnyModule>* experts,
+                            const at::Tensor& x, const std::vector<int64_t>& counts,
+                            const at::Tensor& anchor) {
+    const std::vector<int64_t> offsets = expert_offsets(counts);
+    const bool input_gradient = x.requires_grad();
+    std::vector<at::Tensor> inputs(counts.size()), outputs(counts.size());
+    run_side_by_side(counts, [&](int64_t e) {
+      torch::AutoGradMode grad_mode(true);
+      at::Tensor rows = x.narrow(0, offsets[e], counts[e]).detach();
+      if (input_gradient) rows.requires_grad_();
+      outputs[e] = checked_output((*experts)[e].forward<at::Tensor>(rows), e, counts[e]);
+      inputs[e] = std::move(rows);
+    });
+    std::vector<at::Tensor> busy_inputs, busy_outputs;
+    std::vector<int64_t> busy_counts;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] == 0) continue;
+      busy_inputs.push_back(inputs[e]);
+      busy_outputs.push_back(outputs[e]);
+      busy_counts.push_back(counts[e]);
+    }
+    ctx->saved_data["inputs"] = busy_inputs;
+    ctx->saved_data["outputs"] = busy_outputs;
+    ctx->saved_data["counts"] = busy_counts;
+    ctx->saved_data["input_gradient"] = input_gradient;
+    return at::cat(busy_outputs, 0);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!torch::GradMode::is_enabled(), "ModuleExperts: experts run side by side have no "
+                "double backward (MOELAB_PARALLEL_EXPERT_ROWS=0 runs them one after another)");
+    const std::vector<at::Tensor> inputs = ctx->saved_data["inputs"].toTensorVector();
+    const std::vector<at::Tensor> outputs = ctx->saved_data["outputs"].toTensorVector();
+    const std::vector<int64_t> counts = ctx->saved_data["counts"].toIntVector();
+    const std::vector<int64_t> offsets = expert_offsets(counts);
+    const at::Tensor& grad = grads[0];
+    if (grad.defined()) {
+      run_side_by_side(counts, [&](int64_t i) {
+        torch::autograd::backward({outputs[i]}, {grad.narrow(0, offsets[i], counts[i])});
+      });
+    }
+    at::Tensor grad_x;
+    if (ctx->saved_data["input_gradient"].toBool() && grad.defined()) {
+      std::vector<at::Tensor> grad_rows;
+      for (const auto& rows : inputs) {
+        grad_rows.push_back(rows.grad().defined() ? rows.grad() : at::zeros_like(rows));
+      }
+      grad_x = at::cat(grad_rows, 0);
+    }
+    return {at::Tensor(), grad_x, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
 ModuleExpertsImpl::ModuleExpertsImpl(std::vector<torch::nn::AnyModule> experts)
     : experts_(std::move(experts)) {
   reset();
@@ -344,6 +444,9 @@ void ModuleExpertsImpl::reset() {
     TORCH_CHECK(!experts_[e].is_empty(), "ModuleExperts: expert ", e, " is empty");
     register_module(std::to_string(e), experts_[e].ptr());
   }
+  draws_random_numbers_ = std::any_of(experts_.begin(), experts_.end(), [](const torch::nn::AnyModule& expert) {
+    return draws_random_numbers(*expert.ptr());
+  });
 }
 
 at::Tensor ModuleExpertsImpl::forward(const at::Tensor& x, const std::vector<int64_t>& counts) {
@@ -353,19 +456,47 @@ at::Tensor ModuleExpertsImpl::forward(const at::Tensor& x, const std::vector<int
               total_rows(counts), " but the input has ", x.dim() >= 1 ? x.size(0) : 0, " rows");
   last_rows_.assign(counts.size(), 0);
   if (x.size(0) == 0) return experts_[0].forward<at::Tensor>(x);
+  at::Tensor y = suits_side_by_side(x, counts) && !(is_training() && draws_random_numbers_)
+                     ? forward_side_by_side(x, counts)
+                     : forward_in_turn(x, counts);
+  last_rows_ = counts;
+  return y;
+}
+
+at::Tensor ModuleExpertsImpl::forward_in_turn(const at::Tensor& x, const std::vector<int64_t>& counts) {
   std::vector<at::Tensor> outputs;
   int64_t offset = 0;
   for (size_t e = 0; e < counts.size(); ++e) {
     const int64_t n = counts[e];
     if (n == 0) continue;
-    at::Tensor y = experts_[e].forward<at::Tensor>(x.narrow(0, offset, n));
-    TORCH_CHECK(y.dim() >= 1 && y.size(0) == n, "ModuleExperts: expert ", e, " returned ",
-                y.sizes(), " for ", n, " rows; an expert must keep the batch dimension");
-    last_rows_[e] = n;
-    outputs.push_back(std::move(y));
+    outputs.push_back(checked_output(experts_[e].forward<at::Tensor>(x.narrow(0, offset, n)), e, n));
     offset += n;
   }
   return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
 }
+
+at::Tensor ModuleExpertsImpl::forward_side_by_side(const at::Tensor& x, const std::vector<int64_t>& counts) {
+  bool parameter_gradient = false;
+  for (const auto& p : parameters()) parameter_gradient = parameter_gradient || p.requires_grad();
+  at::Tensor y;
+  if (torch::GradMode::is_enabled() && (x.requires_grad() || parameter_gradient)) {
+    // (LibTorch 1.13's Function takes no undefined tensor: an anchor needing no gradient instead.)
+    const at::Tensor anchor = at::empty({0}).requires_grad_(!x.requires_grad());
+    y = SideBySideExpertsFunction::apply(&experts_, x, counts, anchor);
+  } else {
+    const std::vector<int64_t> offsets = expert_offsets(counts);
+    std::vector<at::Tensor> outputs(counts.size());
+    run_side_by_side(counts, [&](int64_t e) {
+      outputs[e] = checked_output(experts_[e].forward<at::Tensor>(x.narrow(0, offsets[e], counts[e])), e, counts[e]);
+    });
+    std::vector<at::Tensor> busy;
+    for (auto& output : outputs) {
+      if (output.defined()) busy.push_back(std::move(output));
+    }
+    y = at::cat(busy, 0);
+  }
+  return y;
+}
+
 
 }  // namespace moelab::nn

@@ -182,6 +182,8 @@ void DataParallelSync::before_last_backward() {
 // batches' sum): the bucket gets the step's whole gradient.
 void DataParallelSync::on_gradient(size_t index, const at::Tensor& grad) {
   if (!armed_ || !grad.defined()) return;
+  // Experts run side by side run their backward passes on several threads at once.
+  std::lock_guard<std::mutex> lock(hook_mutex_);
   Slot& slot = slots_[index];
   Bucket& bucket = buckets_[slot.bucket];
   TORCH_INTERNAL_ASSERT(!slot.ready && !bucket.sum, "data parallel: a second gradient for one parameter "

@@ -11,6 +11,7 @@
 
 #include "moelab/config/fields.h"
 #include "moelab/util/errors.h"
+#include "nn/internal/row_kernels.h"
 
 namespace moelab::train {
 
@@ -119,28 +120,23 @@ class FusedAdamW : public torch::optim::AdamW {
     const auto [beta1, beta2] = options.betas();
     const double bias_correction1 = 1 - std::pow(beta1, s.step());
     const double bias_correction2 = 1 - std::pow(beta2, s.step());
-    const bool decays = options.weight_decay() != 0;
-    const float decay = static_cast<float>(1 - options.lr() * options.weight_decay());
-    const float b1 = static_cast<float>(beta1), one_minus_b1 = static_cast<float>(1 - beta1);
-    const float b2 = static_cast<float>(beta2), one_minus_b2 = static_cast<float>(1 - beta2);
-    const float sqrt_bc2 = static_cast<float>(std::sqrt(bias_correction2));
-    const float eps = static_cast<float>(options.eps());
-    const float neg_step = static_cast<float>(-options.lr() / bias_correction1);
+    nn::internal::AdamWCoefficients c;
+    c.beta1 = static_cast<float>(beta1);
+    c.one_minus_beta1 = static_cast<float>(1 - beta1);
+    c.beta2 = static_cast<float>(beta2);
+    c.one_minus_beta2 = static_cast<float>(1 - beta2);
+    c.sqrt_bias_correction2 = static_cast<float>(std::sqrt(bias_correction2));
+    c.eps = static_cast<float>(options.eps());
+    c.neg_step = static_cast<float>(-options.lr() / bias_correction1);
+    c.decay = static_cast<float>(1 - options.lr() * options.weight_decay());
+    c.decays = options.weight_decay() != 0;
     float* const param = p.data_ptr<float>();
     const float* const grad = p.grad().data_ptr<float>();
     float* const m = s.exp_avg().data_ptr<float>();
     float* const v = s.exp_avg_sq().data_ptr<float>();
+    const auto adamw = nn::internal::row_kernels().adamw_f32;
     at::parallel_for(0, p.numel(), 32768, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const float g = grad[i];
-        const float m_i = m[i] * b1 + one_minus_b1 * g;
-        const float v_i = v[i] * b2 + one_minus_b2 * g * g;
-        const float denominator = std::sqrt(v_i) / sqrt_bc2 + eps;
-        const float p_i = decays ? param[i] * decay : param[i];
-        m[i] = m_i;
-        v[i] = v_i;
-        param[i] = p_i + neg_step * (m_i / denominator);
-      }
+      adamw(param + begin, grad + begin, m + begin, v + begin, end - begin, c);
     });
   }
 };

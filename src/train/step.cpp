@@ -5,11 +5,21 @@
 #include <chrono>
 #include <cmath>
 
+#include "nn/internal/row_kernels.h"
+
 namespace moelab::train {
 
 bool gradients_are_finite(const torch::nn::Module& module) {
+  // float32 gradients on the CPU in one vector pass each: LibTorch's isfinite().all().item() costs
+  // three ops and a sync per tensor (1.3 ms a step for the 70 tensors of an 8-expert vision MoE).
+  const auto all_finite = nn::internal::row_kernels().all_finite_f32;
   for (const auto& p : module.parameters()) {
-    if (p.grad().defined() && !at::isfinite(p.grad()).all().item<bool>()) return false;
+    const at::Tensor& grad = p.grad();
+    if (!grad.defined()) continue;
+    const bool finite = grad.device().is_cpu() && grad.scalar_type() == at::kFloat && grad.is_contiguous()
+                            ? all_finite(grad.data_ptr<float>(), grad.numel())
+                            : at::isfinite(grad).all().item<bool>();
+    if (!finite) return false;
   }
   return true;
 }

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "moelab/nn/dropout.h"
 #include "moelab/nn/experts.h"
 #include "moelab/nn/feed_forward.h"
 #include "moelab/util/runtime.h"
@@ -180,6 +181,103 @@ TEST(ModuleExpertsTest, RunsEachExpertOnExactlyItsRows) {
   EXPECT_TRUE(torch::allclose(y.narrow(0, 0, 2), first->forward(x.narrow(0, 0, 2))));
   EXPECT_TRUE(torch::allclose(y.narrow(0, 2, 3), third->forward(x.narrow(0, 2, 3))));
   EXPECT_EQ(experts->forward(torch::randn({0, 4}), {0, 0, 0}).sizes(), at::IntArrayRef({0, 2}));
+}
+
+namespace {
+
+// Output, input gradient and every parameter gradient of module experts trained one step on
+// `threads` threads (side by side from two threads on), each parameter's gradient cleared after.
+std::vector<at::Tensor> module_experts_step(moelab::nn::ModuleExperts& experts, const at::Tensor& x,
+                                            const std::vector<int64_t>& counts, bool input_gradient,
+                                            int threads) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(threads);
+  const at::Tensor input = x.clone().requires_grad_(input_gradient);
+  const at::Tensor y = experts->forward(input, counts);
+  (y * y).sum().backward();
+  std::vector<at::Tensor> out{y.detach()};
+  if (input_gradient) out.push_back(input.grad());
+  for (auto& p : experts->parameters()) {
+    out.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+    p.mutable_grad() = at::Tensor();
+  }
+  at::set_num_threads(before);
+  return out;
+}
+
+// (n, 1, 8, 8) -> (n, 3): conv, ReLU, stride-2 conv, linear.
+struct SmallCnnImpl : torch::nn::Module {
+  SmallCnnImpl()
+      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3).padding(1)))),
+        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3).stride(2)))),
+        fc(register_module("fc", torch::nn::Linear(4 * 3 * 3, 3))) {}
+  at::Tensor forward(const at::Tensor& x) { return fc(conv2(conv1(x).relu()).flatten(1)); }
+  torch::nn::Conv2d conv1;
+  torch::nn::Conv2d conv2;
+  torch::nn::Linear fc;
+};
+TORCH_MODULE(SmallCnn);
+
+struct LinearDropoutImpl : torch::nn::Module {
+  LinearDropoutImpl()
+      : linear(register_module("linear", torch::nn::Linear(6, 6))),
+        dropout(register_module("dropout", moelab::nn::Dropout(0.5))) {}
+  at::Tensor forward(const at::Tensor& x) { return dropout(linear(x)); }
+  torch::nn::Linear linear;
+  moelab::nn::Dropout dropout;
+};
+TORCH_MODULE(LinearDropout);
+
+}  // namespace
+
+// Small CNN experts (oneDNN convolutions, whose weight-gradient kernel hung inside an OpenMP
+// parallel region until each thread planned for one thread) side by side on two threads: the
+// same outputs and gradients as one after another on one thread, for image rows that need no
+// gradient (the node joins the graph through its parameters) and rows that do; an idle expert
+// gets no gradient either way.
+TEST(ModuleExpertsTest, CnnExpertsSideBySideOnTwoThreadsGiveOneThreadsNumbers) {
+  torch::manual_seed(3);
+  std::vector<torch::nn::AnyModule> modules;
+  for (int e = 0; e < 4; ++e) modules.emplace_back(SmallCnn());
+  moelab::nn::ModuleExperts experts(modules);
+  const std::vector<int64_t> counts{5, 0, 9, 4};
+  const at::Tensor x = torch::randn({18, 1, 8, 8});
+  for (bool input_gradient : {false, true}) {
+    const auto one = module_experts_step(experts, x, counts, input_gradient, 1);
+    const auto two = module_experts_step(experts, x, counts, input_gradient, 2);
+    ASSERT_EQ(one.size(), two.size());
+    for (size_t i = 0; i < one.size(); ++i) {
+      ASSERT_EQ(one[i].defined(), two[i].defined()) << i;
+      if (one[i].defined()) EXPECT_TRUE(torch::allclose(one[i], two[i], 1e-5, 1e-6)) << i;
+    }
+    int undefined = 0;
+    for (const auto& t : two) undefined += t.defined() ? 0 : 1;
+    EXPECT_EQ(undefined, 6) << "the idle expert's 6 parameters get no gradient";
+  }
+  // Evaluation without autograd runs side by side too.
+  at::set_num_threads(2);
+  torch::NoGradGuard no_grad;
+  const at::Tensor evaluated = experts->forward(x, counts);
+  at::set_num_threads(1);
+  EXPECT_TRUE(torch::allclose(evaluated, experts->forward(x, counts), 1e-5, 1e-6));
+}
+
+// Experts holding dropout draw their random numbers in expert order (one after another) while
+// training: two threads give one thread's masks. Side by side they would be drawn largest expert
+// first, in whatever order the threads reach them.
+TEST(ModuleExpertsTest, ExpertsWithDropoutTrainInExpertOrder) {
+  std::vector<torch::nn::AnyModule> modules;
+  for (int e = 0; e < 4; ++e) {
+    modules.emplace_back(LinearDropout());
+  }
+  moelab::nn::ModuleExperts experts(modules);
+  const std::vector<int64_t> counts{3, 9, 5, 7};
+  const at::Tensor x = torch::randn({24, 6});
+  torch::manual_seed(11);
+  const auto one = module_experts_step(experts, x, counts, true, 1);
+  torch::manual_seed(11);
+  const auto two = module_experts_step(experts, x, counts, true, 2);
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(at::equal(one[i], two[i])) << i;
 }
 
 TEST(FeedForwardTest, ComputesW2OfGatedActivation) {

@@ -189,3 +189,69 @@ TEST(RowKernelsTest, SwiGLUTensorsMatchLibTorchOps) {
   EXPECT_THROW(moelab::nn::swiglu_hidden(torch::randn({3, 5}), 3), c10::Error);
   at::set_num_threads(saved_threads);
 }
+
+TEST(RowKernelsTest, AllFiniteFindsEveryNanAndInfinityInBodyAndTail) {
+  for (const RowKernels* k : row_kernel_versions()) {
+    for (int64_t n : {0, 1, 7, 16, 37, 1000}) {
+      std::vector<float> x(n);
+      for (int64_t i = 0; i < n; ++i) x[i] = std::ldexp(static_cast<float>(i % 13) - 6.0f, static_cast<int>(i % 90) - 45);
+      EXPECT_TRUE(k->all_finite_f32(x.data(), n)) << k->isa << " n " << n;
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                        -std::numeric_limits<float>::infinity()}) {
+        for (int64_t at : {int64_t{0}, n / 2, n - 1}) {  // first vector, middle, tail
+          if (n == 0) continue;
+          std::vector<float> y = x;
+          y[at] = bad;
+          EXPECT_FALSE(k->all_finite_f32(y.data(), n)) << k->isa << " n " << n << " at " << at << " " << bad;
+        }
+      }
+    }
+    const std::vector<float> largest(5, std::numeric_limits<float>::max());
+    EXPECT_TRUE(k->all_finite_f32(largest.data(), 5)) << k->isa;
+  }
+}
+
+// The AdamW kernel against the update written out in float64 (torch::optim::AdamW's formula),
+// with and without weight decay, lengths with and without a tail.
+TEST(RowKernelsTest, AdamWMatchesFloat64) {
+  const double lr = 3e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  const int64_t step = 3;
+  const double bc1 = 1 - std::pow(beta1, step), bc2 = 1 - std::pow(beta2, step);
+  for (const RowKernels* k : row_kernel_versions()) {
+    for (double weight_decay : {0.0, 0.1}) {
+      for (int64_t n : {1, 16, 37, 1000}) {
+        std::vector<float> p(n), g(n), m(n), v(n);
+        for (int64_t i = 0; i < n; ++i) {
+          p[i] = std::sin(0.37f * i);
+          g[i] = std::cos(1.3f * i) * (i % 3 == 0 ? 1e-3f : 1.0f);
+          m[i] = 0.1f * std::sin(0.11f * i);
+          v[i] = 0.01f * (1.0f + std::cos(0.7f * i));
+        }
+        moelab::nn::internal::AdamWCoefficients c;
+        c.beta1 = static_cast<float>(beta1);
+        c.one_minus_beta1 = static_cast<float>(1 - beta1);
+        c.beta2 = static_cast<float>(beta2);
+        c.one_minus_beta2 = static_cast<float>(1 - beta2);
+        c.sqrt_bias_correction2 = static_cast<float>(std::sqrt(bc2));
+        c.eps = static_cast<float>(eps);
+        c.neg_step = static_cast<float>(-lr / bc1);
+        c.decay = static_cast<float>(1 - lr * weight_decay);
+        c.decays = weight_decay != 0;
+        std::vector<float> p2 = p, m2 = m, v2 = v;
+        k->adamw_f32(p2.data(), g.data(), m2.data(), v2.data(), n, c);
+        for (int64_t i = 0; i < n; ++i) {
+          const double mi = beta1 * m[i] + (1 - beta1) * g[i];
+          const double vi = beta2 * v[i] + (1 - beta2) * double(g[i]) * g[i];
+          const double pi = p[i] * (1 - lr * weight_decay) - lr / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + eps);
+          // float32 rounding of each term (the sums may cancel)
+          const double m_scale = std::abs(beta1 * m[i]) + std::abs((1 - beta1) * g[i]);
+          const double p_scale = std::abs(p[i]) + std::abs(pi - p[i]);
+          ASSERT_NEAR(m2[i], mi, 1e-6 * m_scale) << k->isa << " i " << i;
+          ASSERT_NEAR(v2[i], vi, 1e-6 * std::abs(vi)) << k->isa << " i " << i;
+          ASSERT_NEAR(p2[i], pi, 1e-6 * p_scale) << k->isa << " i " << i << " wd " << weight_decay;
+          ASSERT_NE(p2[i], p[i]) << k->isa << " i " << i;  // every element moved
+        }
+      }
+    }
+  }
+}

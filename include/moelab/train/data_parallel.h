@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -127,6 +128,7 @@ class DataParallelSync : public GradientSync {
   std::vector<Slot> slots_;
   std::vector<Bucket> buckets_;
   std::vector<unsigned> hooks_;
+  std::mutex hook_mutex_;
   bool armed_ = false;  // inside the step's last backward pass
   size_t next_bucket_ = 0;
   int64_t started_early_ = 0;

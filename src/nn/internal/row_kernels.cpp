@@ -44,6 +44,7 @@ struct Ops {
   static V div(V a, V b) { return map([&](int i) { return a.lane[i] / b.lane[i]; }); }
   // Like the vector max: the second operand when either is NaN.
   static V max(V a, V b) { return map([&](int i) { return a.lane[i] > b.lane[i] ? a.lane[i] : b.lane[i]; }); }
+  static V sqrt(V v) { return map([&](int i) { return std::sqrt(v.lane[i]); }); }
   static V exp(V v) { return map([&](int i) { return std::exp(v.lane[i]); }); }
   static float reduce_max(V v) {
     float m = v.lane[0];

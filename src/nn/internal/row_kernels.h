@@ -1,5 +1,6 @@
 // Fused elementwise kernels over one contiguous row, for the passes where LibTorch 1.13 is slow
-// on these CPUs: a row's softmax cross-entropy and its gradient in one pass set (LibTorch's
+// on these CPUs (and an optimizer step and finite check over many small parameter tensors, where
+// its per-op costs and scalar loops dominate): a row's softmax cross-entropy and its gradient in one pass set (LibTorch's
 // bf16 -> float32 log_softmax and the exp that follows took 25 of 49 ms per 512 x 14,115 chunk
 // of the language model's loss), and SwiGLU forward / backward (LibTorch's bf16 silu is 3.5 ms,
 // its silu_backward 6.9 ms on an (8192, 256) slice: each expert layer paid ~18 ms for them).
@@ -15,6 +16,15 @@
 #include <cstdint>
 
 namespace moelab::nn::internal {
+
+/// One AdamW step's coefficients (train/optimizer.cpp), per parameter tensor.
+struct AdamWCoefficients {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2;
+  float sqrt_bias_correction2, eps;
+  float neg_step;  // -lr / bias_correction1
+  float decay;     // 1 - lr * weight_decay
+  bool decays;     // weight_decay != 0
+};
 
 struct RowKernels {
   /// "avx512", "avx2" or "scalar".
@@ -38,6 +48,14 @@ struct RowKernels {
                               float* grad_gate, float* grad_up, int64_t n);
   void (*swiglu_backward_bf16)(const uint16_t* gate, const uint16_t* up, const uint16_t* grad,
                                uint16_t* hidden, uint16_t* grad_gate, uint16_t* grad_up, int64_t n);
+
+  /// Whether none of x[0, n) is NaN or infinite.
+  bool (*all_finite_f32)(const float* x, int64_t n);
+
+  /// AdamW on n elements, torch::optim::AdamW's arithmetic: m = beta1 m + (1 - beta1) g,
+  /// v = beta2 v + (1 - beta2) g^2, p = p * decay (if decays) + neg_step m / (sqrt(v) / sqrt(bc2) + eps).
+  void (*adamw_f32)(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
+                    const AdamWCoefficients& c);
 };
 
 /// The fastest version this CPU runs (AVX-512, AVX2 + FMA, else scalar), chosen once.

@@ -38,6 +38,7 @@ struct Ops {
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V div(V a, V b) { return _mm256_div_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V sqrt(V v) { return _mm256_sqrt_ps(v); }
   static V exp(V v) { return Sleef_expf8_u10avx2(v); }
   static float reduce_max(V v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

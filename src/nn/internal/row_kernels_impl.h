@@ -2,7 +2,7 @@
 // Each instruction set's file defines MOELAB_ROW_ISA (the namespace its instantiations live in,
 // so versions compiled with different flags never merge) and its Ops, then includes this file:
 //   struct Ops { using V = ...; static constexpr int64_t kLanes; set1, load, store (float and
-//               bf16 bits), add, sub, mul, div, max, exp, reduce_max, reduce_add };
+//               bf16 bits), add, sub, mul, div, max, sqrt, exp, reduce_max, reduce_add };
 // Rows are processed kLanes at a time; the last cols % kLanes elements one at a time with
 // std::exp (a few ulp from the vector exp).
 #pragma once
@@ -123,6 +123,55 @@ void swiglu_backward(const T* gate, const T* up, const T* grad, T* hidden, T* gr
   }
 }
 
+template <class Ops>
+bool all_finite(const float* x, int64_t n) {
+  using V = typename Ops::V;
+  constexpr int64_t kLanes = Ops::kLanes;
+  const int64_t body = n - n % kLanes;
+  // x - x is 0 for a finite x and NaN otherwise; NaN survives every sum.
+  V lanes = Ops::set1(0.0f);
+  for (int64_t i = 0; i < body; i += kLanes) {
+    const V v = Ops::load(x + i);
+    lanes = Ops::add(lanes, Ops::sub(v, v));
+  }
+  float sum = Ops::reduce_add(lanes);
+  for (int64_t i = body; i < n; ++i) sum += x[i] - x[i];
+  return sum == 0.0f;
+}
+
+template <class Ops>
+void adamw(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
+           const AdamWCoefficients& c) {
+  using V = typename Ops::V;
+  constexpr int64_t kLanes = Ops::kLanes;
+  const int64_t body = n - n % kLanes;
+  const V beta1 = Ops::set1(c.beta1), one_minus_beta1 = Ops::set1(c.one_minus_beta1);
+  const V beta2 = Ops::set1(c.beta2), one_minus_beta2 = Ops::set1(c.one_minus_beta2);
+  const V sqrt_bc2 = Ops::set1(c.sqrt_bias_correction2), eps = Ops::set1(c.eps);
+  const V neg_step = Ops::set1(c.neg_step), decay = Ops::set1(c.decay);
+  for (int64_t i = 0; i < body; i += kLanes) {
+    const V g = Ops::load(grad + i);
+    const V m = Ops::add(Ops::mul(Ops::load(exp_avg + i), beta1), Ops::mul(one_minus_beta1, g));
+    const V v = Ops::add(Ops::mul(Ops::load(exp_avg_sq + i), beta2), Ops::mul(Ops::mul(one_minus_beta2, g), g));
+    const V denominator = Ops::add(Ops::div(Ops::sqrt(v), sqrt_bc2), eps);
+    V p = Ops::load(param + i);
+    if (c.decays) p = Ops::mul(p, decay);
+    Ops::store(exp_avg + i, m);
+    Ops::store(exp_avg_sq + i, v);
+    Ops::store(param + i, Ops::add(p, Ops::mul(neg_step, Ops::div(m, denominator))));
+  }
+  for (int64_t i = body; i < n; ++i) {
+    const float g = grad[i];
+    const float m = exp_avg[i] * c.beta1 + c.one_minus_beta1 * g;
+    const float v = exp_avg_sq[i] * c.beta2 + c.one_minus_beta2 * g * g;
+    const float denominator = std::sqrt(v) / c.sqrt_bias_correction2 + c.eps;
+    const float p = c.decays ? param[i] * c.decay : param[i];
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    param[i] = p + c.neg_step * (m / denominator);
+  }
+}
+
 // constexpr, so the tables are constant-initialised (usable from any static initialiser).
 template <class Ops>
 constexpr RowKernels make_row_kernels(const char* isa) {
@@ -132,7 +181,9 @@ constexpr RowKernels make_row_kernels(const char* isa) {
                     &swiglu_forward<Ops, float>,
                     &swiglu_forward<Ops, uint16_t>,
                     &swiglu_backward<Ops, float>,
-                    &swiglu_backward<Ops, uint16_t>};
+                    &swiglu_backward<Ops, uint16_t>,
+                    &all_finite<Ops>,
+                    &adamw<Ops>};
 }
 
 }  // namespace moelab::nn::internal::MOELAB_ROW_ISA
