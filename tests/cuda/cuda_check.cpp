@@ -8,14 +8,20 @@
 //      Data parallelism's gradient buckets on GPU tensors.
 //   2. The MoE layer on the GPU gives the CPU's outputs and gradients (float32, top-2 of 8), and
 //      the fused pooling the CPU kernel's numbers.
+//   3. CNN experts side by side on the CPU (two threads, this LibTorch's oneDNN) train as on one
+//      thread, and do not hang (nn/internal/side_by_side.h says why they could).
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <thread>
 #include <map>
 #include <string>
 
 #include "moelab/dist/process_group.h"
+#include "moelab/nn/experts.h"
 #include "moelab/nn/moe_layer.h"
 #include "moelab/nn/pooling.h"
 #include "moelab/train/data_parallel.h"
@@ -108,6 +114,45 @@ void check_moe_layer_on_gpu() {
   }
 }
 
+struct SmallCnnImpl : torch::nn::Module {
+  SmallCnnImpl()
+      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 8, 3).padding(1)))),
+        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 8, 3).stride(2)))),
+        fc(register_module("fc", torch::nn::Linear(8 * 13 * 13, 3))) {}
+  at::Tensor forward(const at::Tensor& x) { return fc(conv2(conv1(x).relu()).flatten(1)); }
+  torch::nn::Conv2d conv1, conv2;
+  torch::nn::Linear fc;
+};
+TORCH_MODULE(SmallCnn);
+
+void check_cnn_experts_side_by_side_on_cpu() {
+  std::thread([] {
+    std::this_thread::sleep_for(std::chrono::seconds(120));
+    std::cout << "FAILED: CNN experts side by side on the CPU still running after 120 s (a hang)" << std::endl;
+    std::_Exit(3);
+  }).detach();
+  std::vector<torch::nn::AnyModule> modules;
+  for (int e = 0; e < 4; ++e) modules.emplace_back(SmallCnn());
+  moelab::nn::ModuleExperts experts(modules);
+  const std::vector<int64_t> counts{20, 0, 35, 9};
+  const at::Tensor x = torch::randn({64, 1, 28, 28});
+  auto step = [&](int threads) {
+    at::set_num_threads(threads);
+    const at::Tensor y = experts->forward(x, counts);
+    (y * y).sum().backward();
+    std::vector<at::Tensor> out{y.detach()};
+    for (auto& p : experts->parameters()) {
+      out.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+      p.mutable_grad() = at::Tensor();
+    }
+    return out;
+  };
+  const auto one = step(1), two = step(2);
+  bool same = one.size() == two.size();
+  for (size_t i = 0; same && i < one.size(); ++i) same = at::allclose(one[i], two[i], 1e-4, 1e-5);
+  check(same, "CNN experts side by side on the CPU (2 threads) == one thread");
+}
+
 }  // namespace
 
 int main() {
@@ -128,6 +173,11 @@ int main() {
       check_moe_layer_on_gpu();
     } catch (const std::exception& e) {
       check(false, std::string("MoE layer on the GPU: ") + e.what());
+    }
+    try {
+      check_cnn_experts_side_by_side_on_cpu();
+    } catch (const std::exception& e) {
+      check(false, std::string("CNN experts side by side: ") + e.what());
     }
   }
   std::cout << (failures == 0 ? "all checks passed" : std::to_string(failures) + " checks failed") << "\n";
