@@ -41,9 +41,11 @@ std::vector<int64_t> expert_offsets(const std::vector<int64_t>& counts) {
 // region use one thread. On a GPU the device runs the experts' kernels side by side itself (and
 // OpenMP's threads have no CUDA context).
 bool suits_side_by_side(const at::Tensor& rows, const std::vector<int64_t>& counts) {
-  if (!rows.device().is_cpu() || at::get_num_threads() < 2 || at::in_parallel_region()) return false;
+  if (!rows.device().is_cpu() || at::get_num_threads() < 2 || at::in_parallel_region())
+    return false;
   const auto busy = std::count_if(counts.begin(), counts.end(), [](int64_t n) { return n > 0; });
-  const int64_t mean_rows = total_rows(counts) / std::max<int64_t>(static_cast<int64_t>(counts.size()), 1);
+  const int64_t mean_rows =
+      total_rows(counts) / std::max<int64_t>(static_cast<int64_t>(counts.size()), 1);
   return busy > 1 && mean_rows < kParallelExpertRows;
 }
 
@@ -57,7 +59,8 @@ void run_side_by_side(const std::vector<int64_t>& counts, Fn&& fn) {
   for (int64_t e = 0; e < static_cast<int64_t>(counts.size()); ++e) {
     if (counts[e] > 0) order.push_back(e);
   }
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return counts[a] > counts[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return counts[a] > counts[b]; });
   std::atomic<size_t> next{0};
   internal::run_on_threads([&] {
     for (size_t i = next++; i < order.size(); i = next++) fn(order[i]);
@@ -361,9 +364,16 @@ namespace {
 bool draws_random_numbers(const torch::nn::Module& module) {
   for (const auto& child : module.modules(/*include_self=*/true)) {
     const std::string& name = child->name();
-    if (name.find("Dropout") != std::string::npos || name.find("RReLU") != std::string::npos) return true;
+    if (name.find("Dropout") != std::string::npos || name.find("RReLU") != std::string::npos)
+      return true;
   }
   return false;
+}
+
+at::Tensor checked_output(at::Tensor y, size_t expert, int64_t rows) {
+  TORCH_CHECK(y.dim() >= 1 && y.size(0) == rows, "ModuleExperts: expert ", expert, " returned ",
+              y.sizes(), " for ", rows, " rows; an expert must keep the batch dimension");
+  return y;
 }
 
 // Module experts side by side under autograd. Forward: each expert records its own graph on its
@@ -371,12 +381,6 @@ bool draws_random_numbers(const torch::nn::Module& module) {
 // backward on its own thread again; the parameters' gradients reach .grad (and their hooks run
 // once) through those inner passes, as in a plain backward. The inputs: x, and when x needs no
 // gradient (images) an empty `anchor` that does, so that the node joins the graph at all.
-at::Tensor checked_output(at::Tensor y, size_t expert, int64_t rows) {
-  TORCH_CHECK(y.dim() >= 1 && y.size(0) == rows, "ModuleExperts: expert ", expert, " returned ",
-              y.sizes(), " for ", rows, " rows; an expert must keep the batch dimension");
-  return y;
-}
-
 struct SideBySideExpertsFunction : public torch::autograd::Function<SideBySideExpertsFunction> {
   static at::Tensor forward(AutogradContext* ctx, std::vector<torch::nn::AnyModule>* experts,
                             const at::Tensor& x, const std::vector<int64_t>& counts,
@@ -407,7 +411,8 @@ struct SideBySideExpertsFunction : public torch::autograd::Function<SideBySideEx
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!torch::GradMode::is_enabled(), "ModuleExperts: experts run side by side have no "
+    TORCH_CHECK(!torch::GradMode::is_enabled(),
+                "ModuleExperts: experts run side by side have no "
                 "double backward (MOELAB_PARALLEL_EXPERT_ROWS=0 runs them one after another)");
     const std::vector<at::Tensor> inputs = ctx->saved_data["inputs"].toTensorVector();
     const std::vector<at::Tensor> outputs = ctx->saved_data["outputs"].toTensorVector();
@@ -444,9 +449,9 @@ void ModuleExpertsImpl::reset() {
     TORCH_CHECK(!experts_[e].is_empty(), "ModuleExperts: expert ", e, " is empty");
     register_module(std::to_string(e), experts_[e].ptr());
   }
-  draws_random_numbers_ = std::any_of(experts_.begin(), experts_.end(), [](const torch::nn::AnyModule& expert) {
-    return draws_random_numbers(*expert.ptr());
-  });
+  draws_random_numbers_ = std::any_of(
+      experts_.begin(), experts_.end(),
+      [](const torch::nn::AnyModule& expert) { return draws_random_numbers(*expert.ptr()); });
 }
 
 at::Tensor ModuleExpertsImpl::forward(const at::Tensor& x, const std::vector<int64_t>& counts) {
@@ -463,19 +468,22 @@ at::Tensor ModuleExpertsImpl::forward(const at::Tensor& x, const std::vector<int
   return y;
 }
 
-at::Tensor ModuleExpertsImpl::forward_in_turn(const at::Tensor& x, const std::vector<int64_t>& counts) {
+at::Tensor ModuleExpertsImpl::forward_in_turn(const at::Tensor& x,
+                                              const std::vector<int64_t>& counts) {
   std::vector<at::Tensor> outputs;
   int64_t offset = 0;
   for (size_t e = 0; e < counts.size(); ++e) {
     const int64_t n = counts[e];
     if (n == 0) continue;
-    outputs.push_back(checked_output(experts_[e].forward<at::Tensor>(x.narrow(0, offset, n)), e, n));
+    outputs.push_back(
+        checked_output(experts_[e].forward<at::Tensor>(x.narrow(0, offset, n)), e, n));
     offset += n;
   }
   return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
 }
 
-at::Tensor ModuleExpertsImpl::forward_side_by_side(const at::Tensor& x, const std::vector<int64_t>& counts) {
+at::Tensor ModuleExpertsImpl::forward_side_by_side(const at::Tensor& x,
+                                                   const std::vector<int64_t>& counts) {
   bool parameter_gradient = false;
   for (const auto& p : parameters()) parameter_gradient = parameter_gradient || p.requires_grad();
   at::Tensor y;
@@ -487,7 +495,8 @@ at::Tensor ModuleExpertsImpl::forward_side_by_side(const at::Tensor& x, const st
     const std::vector<int64_t> offsets = expert_offsets(counts);
     std::vector<at::Tensor> outputs(counts.size());
     run_side_by_side(counts, [&](int64_t e) {
-      outputs[e] = checked_output(experts_[e].forward<at::Tensor>(x.narrow(0, offsets[e], counts[e])), e, counts[e]);
+      outputs[e] = checked_output(
+          experts_[e].forward<at::Tensor>(x.narrow(0, offsets[e], counts[e])), e, counts[e]);
     });
     std::vector<at::Tensor> busy;
     for (auto& output : outputs) {
@@ -497,6 +506,5 @@ at::Tensor ModuleExpertsImpl::forward_side_by_side(const at::Tensor& x, const st
   }
   return y;
 }
-
 
 }  // namespace moelab::nn

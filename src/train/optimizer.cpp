@@ -1,11 +1,10 @@
 #include "moelab/train/optimizer.h"
 
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <fnmatch.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
-
-#include <ATen/Parallel.h>
 
 #include <cmath>
 

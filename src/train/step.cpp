@@ -16,9 +16,10 @@ bool gradients_are_finite(const torch::nn::Module& module) {
   for (const auto& p : module.parameters()) {
     const at::Tensor& grad = p.grad();
     if (!grad.defined()) continue;
-    const bool finite = grad.device().is_cpu() && grad.scalar_type() == at::kFloat && grad.is_contiguous()
-                            ? all_finite(grad.data_ptr<float>(), grad.numel())
-                            : at::isfinite(grad).all().item<bool>();
+    const bool finite =
+        grad.device().is_cpu() && grad.scalar_type() == at::kFloat && grad.is_contiguous()
+            ? all_finite(grad.data_ptr<float>(), grad.numel())
+            : at::isfinite(grad).all().item<bool>();
     if (!finite) return false;
   }
   return true;

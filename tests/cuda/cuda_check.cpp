@@ -16,9 +16,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-#include <thread>
 #include <map>
 #include <string>
+#include <thread>
 
 #include "moelab/dist/process_group.h"
 #include "moelab/nn/experts.h"
@@ -116,8 +116,10 @@ void check_moe_layer_on_gpu() {
 
 struct SmallCnnImpl : torch::nn::Module {
   SmallCnnImpl()
-      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 8, 3).padding(1)))),
-        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 8, 3).stride(2)))),
+      : conv1(register_module("conv1",
+                              torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 8, 3).padding(1)))),
+        conv2(register_module("conv2",
+                              torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 8, 3).stride(2)))),
         fc(register_module("fc", torch::nn::Linear(8 * 13 * 13, 3))) {}
   at::Tensor forward(const at::Tensor& x) { return fc(conv2(conv1(x).relu()).flatten(1)); }
   torch::nn::Conv2d conv1, conv2;
@@ -128,7 +130,8 @@ TORCH_MODULE(SmallCnn);
 void check_cnn_experts_side_by_side_on_cpu() {
   std::thread([] {
     std::this_thread::sleep_for(std::chrono::seconds(120));
-    std::cout << "FAILED: CNN experts side by side on the CPU still running after 120 s (a hang)" << std::endl;
+    std::cout << "FAILED: CNN experts side by side on the CPU still running after 120 s (a hang)"
+              << std::endl;
     std::_Exit(3);
   }).detach();
   std::vector<torch::nn::AnyModule> modules;

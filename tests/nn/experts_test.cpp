@@ -1,8 +1,9 @@
+#include "moelab/nn/experts.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "moelab/nn/dropout.h"
-#include "moelab/nn/experts.h"
 #include "moelab/nn/feed_forward.h"
 #include "moelab/util/runtime.h"
 #include "support/naive_moe.h"
@@ -208,8 +209,10 @@ std::vector<at::Tensor> module_experts_step(moelab::nn::ModuleExperts& experts, 
 // (n, 1, 8, 8) -> (n, 3): conv, ReLU, stride-2 conv, linear.
 struct SmallCnnImpl : torch::nn::Module {
   SmallCnnImpl()
-      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3).padding(1)))),
-        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3).stride(2)))),
+      : conv1(register_module("conv1",
+                              torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3).padding(1)))),
+        conv2(register_module("conv2",
+                              torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3).stride(2)))),
         fc(register_module("fc", torch::nn::Linear(4 * 3 * 3, 3))) {}
   at::Tensor forward(const at::Tensor& x) { return fc(conv2(conv1(x).relu()).flatten(1)); }
   torch::nn::Conv2d conv1;

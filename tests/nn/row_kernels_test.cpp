@@ -194,15 +194,18 @@ TEST(RowKernelsTest, AllFiniteFindsEveryNanAndInfinityInBodyAndTail) {
   for (const RowKernels* k : row_kernel_versions()) {
     for (int64_t n : {0, 1, 7, 16, 37, 1000}) {
       std::vector<float> x(n);
-      for (int64_t i = 0; i < n; ++i) x[i] = std::ldexp(static_cast<float>(i % 13) - 6.0f, static_cast<int>(i % 90) - 45);
+      for (int64_t i = 0; i < n; ++i)
+        x[i] = std::ldexp(static_cast<float>(i % 13) - 6.0f, static_cast<int>(i % 90) - 45);
       EXPECT_TRUE(k->all_finite_f32(x.data(), n)) << k->isa << " n " << n;
-      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
-                        -std::numeric_limits<float>::infinity()}) {
+      for (float bad :
+           {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+            -std::numeric_limits<float>::infinity()}) {
         for (int64_t at : {int64_t{0}, n / 2, n - 1}) {  // first vector, middle, tail
           if (n == 0) continue;
           std::vector<float> y = x;
           y[at] = bad;
-          EXPECT_FALSE(k->all_finite_f32(y.data(), n)) << k->isa << " n " << n << " at " << at << " " << bad;
+          EXPECT_FALSE(k->all_finite_f32(y.data(), n))
+              << k->isa << " n " << n << " at " << at << " " << bad;
         }
       }
     }
@@ -242,7 +245,8 @@ TEST(RowKernelsTest, AdamWMatchesFloat64) {
         for (int64_t i = 0; i < n; ++i) {
           const double mi = beta1 * m[i] + (1 - beta1) * g[i];
           const double vi = beta2 * v[i] + (1 - beta2) * double(g[i]) * g[i];
-          const double pi = p[i] * (1 - lr * weight_decay) - lr / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + eps);
+          const double pi = p[i] * (1 - lr * weight_decay) -
+                            lr / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + eps);
           // float32 rounding of each term (the sums may cancel)
           const double m_scale = std::abs(beta1 * m[i]) + std::abs((1 - beta1) * g[i]);
           const double p_scale = std::abs(p[i]) + std::abs(pi - p[i]);

@@ -152,7 +152,8 @@ void adamw(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, i
   for (int64_t i = 0; i < body; i += kLanes) {
     const V g = Ops::load(grad + i);
     const V m = Ops::add(Ops::mul(Ops::load(exp_avg + i), beta1), Ops::mul(one_minus_beta1, g));
-    const V v = Ops::add(Ops::mul(Ops::load(exp_avg_sq + i), beta2), Ops::mul(Ops::mul(one_minus_beta2, g), g));
+    const V v = Ops::add(Ops::mul(Ops::load(exp_avg_sq + i), beta2),
+                         Ops::mul(Ops::mul(one_minus_beta2, g), g));
     const V denominator = Ops::add(Ops::div(Ops::sqrt(v), sqrt_bc2), eps);
     V p = Ops::load(param + i);
     if (c.decays) p = Ops::mul(p, decay);
