@@ -18,12 +18,20 @@ using torch::autograd::variable_list;
 
 namespace {
 
-// Below this mean number of rows per expert, experts run in parallel rather than each GEMM
-// threaded. MOELAB_PARALLEL_EXPERT_ROWS overrides it (benchmarks only).
-const int64_t kParallelExpertRows = [] {
-  const char* env = std::getenv("MOELAB_PARALLEL_EXPERT_ROWS");
-  return env ? std::atoll(env) : int64_t{256};
-}();
+// Below this mean number of rows per expert, experts run side by side rather than each GEMM
+// threaded. MOELAB_PARALLEL_EXPERT_ROWS overrides it (benchmarks; 0 turns side by side off).
+int64_t parallel_expert_rows() {
+  static const int64_t rows = [] {
+    const char* env = std::getenv("MOELAB_PARALLEL_EXPERT_ROWS");
+    if (env == nullptr || *env == '\0') return int64_t{256};
+    char* end = nullptr;
+    const long long value = std::strtoll(env, &end, 10);
+    TORCH_CHECK(*end == '\0' && value >= 0, "MOELAB_PARALLEL_EXPERT_ROWS=", env,
+                ": not a row count (an integer >= 0)");
+    return static_cast<int64_t>(value);
+  }();
+  return rows;
+}
 
 int64_t total_rows(const std::vector<int64_t>& counts) {
   return std::accumulate(counts.begin(), counts.end(), int64_t{0});
@@ -41,12 +49,13 @@ std::vector<int64_t> expert_offsets(const std::vector<int64_t>& counts) {
 // region use one thread. On a GPU the device runs the experts' kernels side by side itself (and
 // OpenMP's threads have no CUDA context).
 bool suits_side_by_side(const at::Tensor& rows, const std::vector<int64_t>& counts) {
+  const int64_t limit = parallel_expert_rows();  // a bad value is refused on any machine
   if (!rows.device().is_cpu() || at::get_num_threads() < 2 || at::in_parallel_region())
     return false;
   const auto busy = std::count_if(counts.begin(), counts.end(), [](int64_t n) { return n > 0; });
   const int64_t mean_rows =
       total_rows(counts) / std::max<int64_t>(static_cast<int64_t>(counts.size()), 1);
-  return busy > 1 && mean_rows < kParallelExpertRows;
+  return busy > 1 && mean_rows < limit;
 }
 
 // Calls fn(e) for every expert with rows, on every thread at once: each thread takes the next
