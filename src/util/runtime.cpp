@@ -116,6 +116,26 @@ int core_rank(const std::string& core) {
   return 1;
 }
 
+// Makes OpenBLAS choose its core again, in this process: the core OPENBLAS_CORETYPE now names, or
+// its own detection when unset. OpenBLAS's DYNAMIC_ARCH builds export the start-up selection
+// (gotoblas_dynamic_quit forgets the core, gotoblas_dynamic_init picks one and sets its block
+// sizes); nothing else in the library depends on the core until the first BLAS call. Returns
+// false where the library has no such functions (the caller restarts instead).
+bool reselect_openblas_core() {
+  using Step = void (*)();
+  const auto quit = reinterpret_cast<Step>(dlsym(RTLD_DEFAULT, "gotoblas_dynamic_quit"));
+  const auto init = reinterpret_cast<Step>(dlsym(RTLD_DEFAULT, "gotoblas_dynamic_init"));
+  if (quit == nullptr || init == nullptr) return false;
+  quit();
+  init();
+  return true;
+}
+
+// MOELAB_BLAS_CHECK=fail plays a core that computes wrong (for the test of that path).
+bool core_computes_right() {
+  return environment("MOELAB_BLAS_CHECK") != "fail" && gemm_matches_float64();
+}
+
 // Replaces this process by a fresh start of the same program with the same arguments (the
 // environment as changed); returns only if that fails.
 void restart(char** argv) {
@@ -141,12 +161,13 @@ void select_blas_kernel(char** argv) {
   const std::string selected = environment(kSelectedCore);
   const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   if (!selected.empty() && coretype != nullptr && selected == coretype) {
-    // MOELAB_BLAS_CHECK=fail plays a core that computes wrong (for the test of this path).
-    if (environment("MOELAB_BLAS_CHECK") != "fail" && gemm_matches_float64()) return;
+    // Started with moelab's core set (a restart, or a child of a moelab process): check it.
+    if (core_computes_right()) return;
     // Back to OpenBLAS's own choice (the original core), marked so it is not tried again.
     ::setenv(kRejectedCore, selected.c_str(), 1);
     ::unsetenv(kSelectedCore);
     ::unsetenv("OPENBLAS_CORETYPE");
+    if (reselect_openblas_core()) return;
     restart(argv);
     std::fprintf(stderr, "moelab: warning: OpenBLAS core %s gave wrong GEMM results and the "
                  "restart on OpenBLAS's own core failed; results may be wrong\n", selected.c_str());
@@ -158,8 +179,17 @@ void select_blas_kernel(char** argv) {
   const std::string core = openblas_core();
   const std::string best = best_blas_core_for_cpu();
   if (core.empty() || best.empty() || core_rank(core) >= core_rank(best)) return;
+  // The variables stay set: child processes (ranks, tests) start on the same core and check it.
   ::setenv("OPENBLAS_CORETYPE", best.c_str(), 1);
   ::setenv(kSelectedCore, best.c_str(), 1);
+  if (reselect_openblas_core()) {
+    if (openblas_core() == best && core_computes_right()) return;
+    ::setenv(kRejectedCore, best.c_str(), 1);
+    ::unsetenv(kSelectedCore);
+    ::unsetenv("OPENBLAS_CORETYPE");
+    reselect_openblas_core();
+    return;
+  }
   restart(argv);
   ::unsetenv("OPENBLAS_CORETYPE");  // the restart failed: go on as we are
   ::unsetenv(kSelectedCore);

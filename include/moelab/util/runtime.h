@@ -51,9 +51,10 @@ struct BlasKernel {
 
 /// Call first in main, before any work: on a CPU with AVX-512 or AVX2 where OpenBLAS fell back
 /// to a generic core (a virtual machine that hides the CPU model), sets OPENBLAS_CORETYPE to the
-/// core the CPU's features support and restarts the process (execv of /proc/self/exe), since
-/// OpenBLAS reads the variable only when it loads. The restarted process checks that core's GEMM
-/// results against float64 and, if they differ, restarts once more on the original core. Never
+/// core the CPU's features support and has OpenBLAS choose again in this process (its exported
+/// start-up selection; where the library lacks it, restarts the process, execv of
+/// /proc/self/exe, since OpenBLAS reads the variable when it loads). That core's GEMM results
+/// are checked against float64; if they differ, OpenBLAS goes back to its own choice. Never
 /// touches an OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE the environment already has.
 void select_blas_kernel(char** argv);
 
