@@ -245,7 +245,7 @@ void DataParallelSync::synchronise(torch::nn::Module& model, StepResult& result)
       // the single-process tensor of all experts would be.
       if (!param.grad().defined()) param.mutable_grad() = at::zeros_like(param);
       // A non-finite expert gradient on one rank makes every rank skip the step.
-      if (result.finite && !at::isfinite(param.grad()).all().item<bool>()) result.finite = false;
+      if (result.finite && !is_finite(param.grad())) result.finite = false;
     }
   }
   // The buckets the backward pass did not complete: their missing gradients from .grad (no hook

@@ -9,18 +9,18 @@
 
 namespace moelab::train {
 
+bool is_finite(const at::Tensor& t) {
+  // float32 on the CPU in one vector pass: LibTorch's isfinite().all().item() costs three ops and
+  // a sync per tensor (1.3 ms a step for the 70 gradients of an 8-expert vision MoE).
+  if (t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous()) {
+    return nn::internal::row_kernels().all_finite_f32(t.data_ptr<float>(), t.numel());
+  }
+  return at::isfinite(t).all().item<bool>();
+}
+
 bool gradients_are_finite(const torch::nn::Module& module) {
-  // float32 gradients on the CPU in one vector pass each: LibTorch's isfinite().all().item() costs
-  // three ops and a sync per tensor (1.3 ms a step for the 70 tensors of an 8-expert vision MoE).
-  const auto all_finite = nn::internal::row_kernels().all_finite_f32;
   for (const auto& p : module.parameters()) {
-    const at::Tensor& grad = p.grad();
-    if (!grad.defined()) continue;
-    const bool finite =
-        grad.device().is_cpu() && grad.scalar_type() == at::kFloat && grad.is_contiguous()
-            ? all_finite(grad.data_ptr<float>(), grad.numel())
-            : at::isfinite(grad).all().item<bool>();
-    if (!finite) return false;
+    if (p.grad().defined() && !is_finite(p.grad())) return false;
   }
   return true;
 }

@@ -91,6 +91,9 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
                       const std::function<data::Batch()>& next_batch, const StepOptions& options,
                       const std::function<void(const MicroBatch&)>& observe = {});
 
+/// Whether no element of t is NaN or infinite.
+bool is_finite(const at::Tensor& t);
+
 /// Whether every parameter's gradient is finite (undefined gradients count as finite).
 bool gradients_are_finite(const torch::nn::Module& module);
 
