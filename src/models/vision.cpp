@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "moelab/config/fields.h"
+#include "moelab/nn/conv_layout.h"
 #include "moelab/nn/options_yaml.h"
 #include "moelab/nn/pooling.h"
 
@@ -160,11 +161,13 @@ void ConvNetImpl::reset() {
 }
 
 at::Tensor ConvNetImpl::forward(const at::Tensor& images) {
-  // features holds conv, ReLU, max-pool per stage (their names are the checkpoints'); the ReLU
-  // and the pooling run fused (nn/pooling.h: the same numbers, fewer passes).
+  // features holds conv, ReLU, max-pool per stage (their names are the checkpoints'); each stage
+  // runs as one fused operation (nn/pooling.h), the first one whole, later ones as a convolution
+  // in its fastest layout and the ReLU and pooling in one pass.
   at::Tensor h = as_images(images, options.in_channels(), options.image_size());
   for (int64_t s = 0; s < options.depth(); ++s) {
-    h = nn::relu_max_pool2x2(features->at<torch::nn::Conv2dImpl>(3 * s).forward(h));
+    const auto& conv = features->at<torch::nn::Conv2dImpl>(3 * s);
+    h = nn::conv3x3_relu_max_pool2x2(h, conv.weight, conv.bias);
   }
   return classifier->forward(h);
 }
@@ -187,8 +190,9 @@ void RouterCNNImpl::reset() {
 }
 
 at::Tensor RouterCNNImpl::forward(const at::Tensor& images) {
-  at::Tensor h = torch::relu(conv1->forward(as_images(images, in_channels, image_size)));
-  h = torch::relu(conv2->forward(h));
+  at::Tensor h = as_images(images, in_channels, image_size);
+  h = torch::relu(conv1->forward(nn::in_fast_conv_layout(h, width)));
+  h = torch::relu(conv2->forward(nn::in_fast_conv_layout(h, 2 * width)));
   return score->forward(h.mean({2, 3}));
 }
 
@@ -304,9 +308,10 @@ class BasicBlockImpl : public torch::nn::Module {
               torch::nn::BatchNorm2d(out)));
     }
   }
-  at::Tensor forward(const at::Tensor& x) {
+  at::Tensor forward(const at::Tensor& input) {
+    const at::Tensor x = nn::in_fast_conv_layout(input, conv1->options.out_channels());
     at::Tensor h = torch::relu(bn1->forward(conv1->forward(x)));
-    h = bn2->forward(conv2->forward(h));
+    h = bn2->forward(conv2->forward(nn::in_fast_conv_layout(h, conv2->options.out_channels())));
     return torch::relu(h + (shortcut ? shortcut->forward(x) : x));
   }
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};

@@ -58,10 +58,13 @@ bool suits_side_by_side(const at::Tensor& rows, const std::vector<int64_t>& coun
   return busy > 1 && mean_rows < limit;
 }
 
-// Calls fn(e) for every expert with rows, on every thread at once: each thread takes the next
-// expert when it finishes one, largest first, so the threads finish together even when the
-// router is unbalanced. Each expert runs whole on one thread (side_by_side.h), so its result
-// does not depend on which thread ran it.
+// Calls fn(e) for every expert with rows. An expert holding more than its threads' share of the
+// rows (an untrained router often sends most of a batch to one expert) would keep one thread busy
+// while the others wait, so such experts run first, one after another, each using every thread.
+// The others run on every thread at once: each thread takes the next expert when it finishes
+// one, largest first, so the threads finish together. An expert on one thread runs whole there
+// (side_by_side.h), so its result does not depend on which thread ran it; which experts run
+// threaded depends only on the counts and the thread count.
 template <typename Fn>
 void run_side_by_side(const std::vector<int64_t>& counts, Fn&& fn) {
   std::vector<int64_t> order;
@@ -70,7 +73,16 @@ void run_side_by_side(const std::vector<int64_t>& counts, Fn&& fn) {
   }
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return counts[a] > counts[b]; });
-  std::atomic<size_t> next{0};
+  const int64_t threads = at::get_num_threads();
+  int64_t rows_left = total_rows(counts);
+  size_t first_shared = 0;
+  for (; first_shared < order.size(); ++first_shared) {
+    const int64_t rows = counts[order[first_shared]];
+    if (rows * threads <= rows_left) break;
+    fn(order[first_shared]);
+    rows_left -= rows;
+  }
+  std::atomic<size_t> next{first_shared};
   internal::run_on_threads([&] {
     for (size_t i = next++; i < order.size(); i = next++) fn(order[i]);
   });

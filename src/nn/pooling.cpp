@@ -1,5 +1,8 @@
 #include "moelab/nn/pooling.h"
 
+#include "moelab/nn/conv_layout.h"
+#include "moelab/util/runtime.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -217,7 +220,153 @@ struct ReluMaxPool2x2 : public torch::autograd::Function<ReluMaxPool2x2> {
   }
 };
 
+// ---- a first stage fused: 3x3 convolution, ReLU, 2x2 max pooling ---------------------------------
+
+constexpr int64_t kMaxFusedInputChannels = 4;  // images: gray, RGB, RGBA
+constexpr int64_t kImagesPerGradientGroup = 16;
+
+// columns (9 C + 1, H * W) of one image (C, H, W): row (c, ky, kx) holds channel c shifted by
+// (ky - 1, kx - 1), zero outside the image (padding 1); the last row is ones, for the bias.
+template <typename T>
+void image_columns(const T* image, int64_t channels, int64_t height, int64_t width, T* columns) {
+  const int64_t plane = height * width;
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t ky = 0; ky < 3; ++ky) {
+      for (int64_t kx = 0; kx < 3; ++kx) {
+        T* row = columns + ((c * 3 + ky) * 3 + kx) * plane;
+        const int64_t dy = ky - 1, dx = kx - 1;
+        const int64_t x0 = std::max<int64_t>(0, -dx), x1 = std::min(width, width - dx);
+        for (int64_t y = 0; y < height; ++y) {
+          T* out = row + y * width;
+          const int64_t source_y = y + dy;
+          if (source_y < 0 || source_y >= height) {
+            std::fill(out, out + width, T(0));
+            continue;
+          }
+          const T* source = image + c * plane + source_y * width + dx;  // out[x] = source[x]
+          std::fill(out, out + x0, T(0));
+          std::copy(source + x0, source + x1, out + x0);
+          std::fill(out + x1, out + width, T(0));
+        }
+      }
+    }
+  }
+  std::fill(columns + channels * 9 * plane, columns + (channels * 9 + 1) * plane, T(1));
+}
+
+// Inputs: images (N, C_in, H, W) contiguous, taps (C_out, 9 C_in + 1) (the weights, then the
+// bias or zeros). Output (N, C_out, H / 2, W / 2); backward gives the taps' gradient.
+struct ConvReluMaxPool2x2 : public torch::autograd::Function<ConvReluMaxPool2x2> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& images,
+                            const at::Tensor& taps_in) {
+    // (Worker threads may run with grad mode on: out= GEMMs refuse inputs that need gradients.)
+    const at::Tensor taps = taps_in.detach();
+    const int64_t n = images.size(0), c_in = images.size(1), h = images.size(2), w = images.size(3);
+    const int64_t c_out = taps.size(0), depth = taps.size(1), plane = h * w;
+    const int64_t out_plane = (h / 2) * (w / 2);
+    at::Tensor out = at::empty({n, c_out, h / 2, w / 2}, images.options());
+    at::Tensor chosen = at::empty({n, c_out, h / 2, w / 2}, images.options().dtype(at::kByte));
+    AT_DISPATCH_FLOATING_TYPES(images.scalar_type(), "conv3x3_relu_max_pool2x2", [&] {
+      const scalar_t* in = images.data_ptr<scalar_t>();
+      scalar_t* o = out.data_ptr<scalar_t>();
+      uint8_t* k = chosen.data_ptr<uint8_t>();
+      at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+        at::Tensor columns = at::empty({depth, plane}, images.options());  // (9 C_in + 1, H W)
+        at::Tensor conv = at::empty({c_out, plane}, images.options());     // (C_out, H W)
+        for (int64_t i = begin; i < end; ++i) {
+          image_columns(in + i * c_in * plane, c_in, h, w, columns.data_ptr<scalar_t>());
+          at::mm_out(conv, taps, columns);
+          const scalar_t* planes = conv.data_ptr<scalar_t>();
+          for (int64_t c = 0; c < c_out; ++c) {
+            const int64_t offset = (i * c_out + c) * out_plane;
+            pool_plane(planes + c * plane, o + offset, k + offset, h, w);
+          }
+        }
+      });
+    });
+    ctx->save_for_backward({images, chosen});
+    ctx->saved_data["depth"] = depth;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &images = saved[0], &chosen = saved[1];
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
+    const at::Tensor grad_out = grads[0].detach().contiguous();
+    const int64_t n = images.size(0), c_in = images.size(1), h = images.size(2), w = images.size(3);
+    const int64_t c_out = chosen.size(1), depth = ctx->saved_data["depth"].toInt();
+    const int64_t plane = h * w, out_plane = chosen.size(2) * chosen.size(3);
+    const int64_t groups = (n + kImagesPerGradientGroup - 1) / kImagesPerGradientGroup;
+    // Each group of images sums its own gradient, in image order; the groups are summed after.
+    at::Tensor partial = at::empty({groups, c_out, depth}, grad_out.options());
+    AT_DISPATCH_FLOATING_TYPES(images.scalar_type(), "conv3x3_relu_max_pool2x2_backward", [&] {
+      const scalar_t* in = images.data_ptr<scalar_t>();
+      const scalar_t* g = grad_out.data_ptr<scalar_t>();
+      const uint8_t* k = chosen.data_ptr<uint8_t>();
+      at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+        at::Tensor columns = at::empty({depth, plane}, images.options());
+        at::Tensor grad_conv = at::empty({c_out, plane}, grad_out.options());
+        for (int64_t group = begin; group < end; ++group) {
+          at::Tensor sum = partial[group];
+          const int64_t first = group * kImagesPerGradientGroup;
+          const int64_t last = std::min(n, first + kImagesPerGradientGroup);
+          for (int64_t i = first; i < last; ++i) {
+            image_columns(in + i * c_in * plane, c_in, h, w, columns.data_ptr<scalar_t>());
+            scalar_t* planes = grad_conv.data_ptr<scalar_t>();
+            for (int64_t c = 0; c < c_out; ++c) {
+              const int64_t offset = (i * c_out + c) * out_plane;
+              unpool_plane(g + offset, k + offset, planes + c * plane, h, w);
+            }
+            // (C_out, H W) @ (H W, 9 C_in + 1)
+            if (i == first) {
+              at::mm_out(sum, grad_conv, columns.t());
+            } else {
+              sum.addmm_(grad_conv, columns.t());
+            }
+          }
+        }
+      });
+    });
+    return {at::Tensor(), partial.sum(0)};
+  }
+};
+
+bool fuses_first_stage(const at::Tensor& x, const at::Tensor& weight) {
+  const bool floating = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  return x.device().is_cpu() && floating && weight.scalar_type() == x.scalar_type() &&
+         x.size(1) <= kMaxFusedInputChannels && !x.requires_grad() && !cpu_autocast_enabled() &&
+         x.size(0) > 0;
+}
+
 }  // namespace
+
+at::Tensor conv3x3_relu_max_pool2x2(const at::Tensor& x, const at::Tensor& weight,
+                                    const at::Tensor& bias) {
+  TORCH_CHECK(x.dim() == 4, "conv3x3_relu_max_pool2x2: expected images (N, C, H, W), got ",
+              x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == 3 &&
+                  weight.size(3) == 3,
+              "conv3x3_relu_max_pool2x2: weight must be (C_out, ", x.size(1), ", 3, 3), got ",
+              weight.sizes());
+  TORCH_CHECK(!bias.defined() || bias.sizes() == at::IntArrayRef{weight.size(0)},
+              "conv3x3_relu_max_pool2x2: bias must be (", weight.size(0), "), got ",
+              bias.sizes());
+  if (!fuses_first_stage(x, weight)) {
+    const at::Tensor input = in_fast_conv_layout(x, weight.size(0));
+    return relu_max_pool2x2(at::conv2d(input, weight, bias, /*stride=*/1, /*padding=*/1));
+  }
+  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "conv3x3_relu_max_pool2x2: a ", x.size(2), "x",
+              x.size(3), " image has no 2x2 window");
+  const int64_t c_out = weight.size(0);
+  // (C_out, 9 C_in + 1): the taps in image_columns' row order, then the bias.
+  const at::Tensor taps =
+      at::cat({weight.reshape({c_out, -1}),
+               (bias.defined() ? bias : at::zeros({c_out}, weight.options())).reshape({c_out, 1})},
+              1);
+  return ConvReluMaxPool2x2::apply(x.contiguous(), taps);
+}
 
 at::Tensor relu_max_pool2x2(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 4, "relu_max_pool2x2: expected (N, C, H, W), got ", x.sizes());

@@ -265,11 +265,12 @@ double measure_gemm_gflops(int64_t n, c10::ScalarType dtype) {
   return flops / seconds[seconds.size() / 2] / 1e9;
 }
 
-namespace {
-
 // LibTorch 2.4 replaced the per-device autocast functions by ones taking the device type.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
 bool cpu_autocast_enabled() { return at::autocast::is_autocast_enabled(at::kCPU); }
+
+namespace {
+
 void set_cpu_autocast(bool enabled, c10::ScalarType dtype) {
   at::autocast::set_autocast_enabled(at::kCPU, enabled);
   at::autocast::set_autocast_dtype(at::kCPU, dtype);
@@ -277,6 +278,9 @@ void set_cpu_autocast(bool enabled, c10::ScalarType dtype) {
 c10::ScalarType cpu_autocast_dtype() { return at::autocast::get_autocast_dtype(at::kCPU); }
 #else
 bool cpu_autocast_enabled() { return at::autocast::is_cpu_enabled(); }
+
+namespace {
+
 void set_cpu_autocast(bool enabled, c10::ScalarType dtype) {
   at::autocast::set_cpu_enabled(enabled);
   at::autocast::set_autocast_cpu_dtype(dtype);

@@ -265,6 +265,46 @@ TEST(ModuleExpertsTest, CnnExpertsSideBySideOnTwoThreadsGiveOneThreadsNumbers) {
   EXPECT_TRUE(torch::allclose(evaluated, experts->forward(x, counts), 1e-5, 1e-6));
 }
 
+namespace {
+
+// A linear expert that notes whether its last forward ran inside a parallel region.
+struct RegionProbeImpl : torch::nn::Module {
+  RegionProbeImpl() : linear(register_module("linear", torch::nn::Linear(4, 3))) {}
+  at::Tensor forward(const at::Tensor& x) {
+    ran_in_parallel_region = at::in_parallel_region();
+    return linear(x);
+  }
+  torch::nn::Linear linear;
+  bool ran_in_parallel_region = false;
+};
+TORCH_MODULE(RegionProbe);
+
+}  // namespace
+
+// An expert holding more than its thread's share of the rows (an untrained router) runs alone,
+// every thread inside it, before the others run side by side: otherwise one thread would work
+// through it while the other waits. The numbers are those of one thread.
+TEST(ModuleExpertsTest, AnExpertWithMoreThanItsThreadsShareRunsOnEveryThread) {
+  torch::manual_seed(5);
+  std::vector<RegionProbe> probes;
+  std::vector<torch::nn::AnyModule> modules;
+  for (int e = 0; e < 4; ++e) {
+    probes.emplace_back();
+    modules.emplace_back(probes.back());
+  }
+  moelab::nn::ModuleExperts experts(modules);
+  const std::vector<int64_t> counts{2, 10, 3, 1};  // 10 of 16 rows: more than half
+  const at::Tensor x = torch::randn({16, 4});
+  const auto one = module_experts_step(experts, x, counts, true, 1);
+  const auto two = module_experts_step(experts, x, counts, true, 2);
+  EXPECT_FALSE(probes[1]->ran_in_parallel_region);
+  EXPECT_TRUE(probes[0]->ran_in_parallel_region);
+  EXPECT_TRUE(probes[2]->ran_in_parallel_region);
+  EXPECT_TRUE(probes[3]->ran_in_parallel_region);
+  ASSERT_EQ(one.size(), two.size());
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::allclose(one[i], two[i])) << i;
+}
+
 // Experts holding dropout draw their random numbers in expert order (one after another) while
 // training: two threads give one thread's masks. Side by side they would be drawn largest expert
 // first, in whatever order the threads reach them.

@@ -98,6 +98,9 @@ class AutocastScope {
   c10::ScalarType previous_dtype_ = c10::ScalarType::BFloat16;
 };
 
+/// Whether CPU autocast is on (LibTorch 1.13 and 2.x).
+bool cpu_autocast_enabled();
+
 /// Turns CPU autocast off for the scope's lifetime (restoring it after): for code that chooses
 /// its precision op by op, like the MoE layer (routing in float32, expert GEMMs in the autocast
 /// type) and the fused projection + cross-entropy (GEMMs in the autocast type, softmax in
