@@ -58,13 +58,26 @@ bool suits_side_by_side(const at::Tensor& rows, const std::vector<int64_t>& coun
   return busy > 1 && mean_rows < limit;
 }
 
-// Calls fn(e) for every expert with rows. An expert holding more than its threads' share of the
-// rows (an untrained router often sends most of a batch to one expert) would keep one thread busy
-// while the others wait, so such experts run first, one after another, each using every thread.
-// The others run on every thread at once: each thread takes the next expert when it finishes
-// one, largest first, so the threads finish together. An expert on one thread runs whole there
-// (side_by_side.h), so its result does not depend on which thread ran it; which experts run
-// threaded depends only on the counts and the thread count.
+// Whether threads taking experts largest first, each the next one when it finishes (the list
+// schedule below), would finish within 1/8 of each other's ideal share: the rows stand for time.
+bool shares_evenly(const std::vector<int64_t>& sorted_rows, size_t first, int64_t threads) {
+  std::vector<int64_t> load(static_cast<size_t>(threads), 0);
+  int64_t total = 0;
+  for (size_t i = first; i < sorted_rows.size(); ++i) {
+    *std::min_element(load.begin(), load.end()) += sorted_rows[i];
+    total += sorted_rows[i];
+  }
+  const int64_t longest = *std::max_element(load.begin(), load.end());
+  return longest * threads * 8 <= total * 9;
+}
+
+// Calls fn(e) for every expert with rows. Most run on every thread at once: each thread takes the
+// next expert when it finishes one, largest first. When that would leave threads waiting (an
+// untrained router sending most of a batch to one expert, or three equal experts on two
+// threads), the largest experts run first, one after another, each on every thread, until the
+// rest share evenly. An expert on one thread runs whole there (side_by_side.h), so its result
+// does not depend on which thread ran it; which experts run on every thread depends only on the
+// counts and the thread count.
 template <typename Fn>
 void run_side_by_side(const std::vector<int64_t>& counts, Fn&& fn) {
   std::vector<int64_t> order;
@@ -73,15 +86,15 @@ void run_side_by_side(const std::vector<int64_t>& counts, Fn&& fn) {
   }
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return counts[a] > counts[b]; });
+  std::vector<int64_t> sorted_rows;
+  for (int64_t e : order) sorted_rows.push_back(counts[e]);
   const int64_t threads = at::get_num_threads();
-  int64_t rows_left = total_rows(counts);
   size_t first_shared = 0;
-  for (; first_shared < order.size(); ++first_shared) {
-    const int64_t rows = counts[order[first_shared]];
-    if (rows * threads <= rows_left) break;
+  for (; first_shared < order.size() && !shares_evenly(sorted_rows, first_shared, threads);
+       ++first_shared) {
     fn(order[first_shared]);
-    rows_left -= rows;
   }
+  if (first_shared == order.size()) return;
   std::atomic<size_t> next{first_shared};
   internal::run_on_threads([&] {
     for (size_t i = next++; i < order.size(); i = next++) fn(order[i]);

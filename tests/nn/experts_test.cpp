@@ -283,7 +283,8 @@ TORCH_MODULE(RegionProbe);
 
 // An expert holding more than its thread's share of the rows (an untrained router) runs alone,
 // every thread inside it, before the others run side by side: otherwise one thread would work
-// through it while the other waits. The numbers are those of one thread.
+// through it while the other waits. The numbers are those of one thread. Likewise one of three
+// equal experts on two threads.
 TEST(ModuleExpertsTest, AnExpertWithMoreThanItsThreadsShareRunsOnEveryThread) {
   torch::manual_seed(5);
   std::vector<RegionProbe> probes;
@@ -303,6 +304,11 @@ TEST(ModuleExpertsTest, AnExpertWithMoreThanItsThreadsShareRunsOnEveryThread) {
   EXPECT_TRUE(probes[3]->ran_in_parallel_region);
   ASSERT_EQ(one.size(), two.size());
   for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::allclose(one[i], two[i])) << i;
+  // Three equal experts on two threads: one of them first, then two side by side.
+  module_experts_step(experts, x.narrow(0, 0, 15), {5, 0, 5, 5}, true, 2);
+  EXPECT_FALSE(probes[0]->ran_in_parallel_region);
+  EXPECT_TRUE(probes[2]->ran_in_parallel_region);
+  EXPECT_TRUE(probes[3]->ran_in_parallel_region);
 }
 
 // Experts holding dropout draw their random numbers in expert order (one after another) while
