@@ -1,12 +1,13 @@
 #include "moelab/nn/pooling.h"
 
-#include "moelab/nn/conv_layout.h"
-#include "moelab/util/runtime.h"
-
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include "moelab/nn/conv_layout.h"
+#include "moelab/util/runtime.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -220,7 +221,7 @@ struct ReluMaxPool2x2 : public torch::autograd::Function<ReluMaxPool2x2> {
   }
 };
 
-// ---- a first stage fused: 3x3 convolution, ReLU, 2x2 max pooling ---------------------------------
+// ---- a first stage fused: 3x3 convolution, ReLU, 2x2 max pooling ------------------------------
 
 constexpr int64_t kMaxFusedInputChannels = 4;  // images: gray, RGB, RGBA
 constexpr int64_t kImagesPerGradientGroup = 16;
@@ -294,6 +295,8 @@ struct ConvReluMaxPool2x2 : public torch::autograd::Function<ConvReluMaxPool2x2>
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &images = saved[0], &chosen = saved[1];
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
+    TORCH_CHECK(!c10::GradMode::is_enabled(),
+                "conv3x3_relu_max_pool2x2: the fused first stage has no double backward");
     const at::Tensor grad_out = grads[0].detach().contiguous();
     const int64_t n = images.size(0), c_in = images.size(1), h = images.size(2), w = images.size(3);
     const int64_t c_out = chosen.size(1), depth = ctx->saved_data["depth"].toInt();
@@ -351,8 +354,7 @@ at::Tensor conv3x3_relu_max_pool2x2(const at::Tensor& x, const at::Tensor& weigh
               "conv3x3_relu_max_pool2x2: weight must be (C_out, ", x.size(1), ", 3, 3), got ",
               weight.sizes());
   TORCH_CHECK(!bias.defined() || bias.sizes() == at::IntArrayRef{weight.size(0)},
-              "conv3x3_relu_max_pool2x2: bias must be (", weight.size(0), "), got ",
-              bias.sizes());
+              "conv3x3_relu_max_pool2x2: bias must be (", weight.size(0), "), got ", bias.sizes());
   if (!fuses_first_stage(x, weight)) {
     const at::Tensor input = in_fast_conv_layout(x, weight.size(0));
     return relu_max_pool2x2(at::conv2d(input, weight, bias, /*stride=*/1, /*padding=*/1));

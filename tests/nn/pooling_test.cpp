@@ -1,10 +1,11 @@
+#include "moelab/nn/pooling.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <limits>
 
 #include "moelab/nn/conv_layout.h"
-#include "moelab/nn/pooling.h"
 #include "moelab/util/runtime.h"
 #include "support/naive_moe.h"
 
@@ -84,8 +85,7 @@ void expect_first_stage_matches_aten(const at::Tensor& images, int64_t out_chann
   const at::Tensor w_ref = w.detach().clone().requires_grad_();
   const at::Tensor b_ref = bias ? b.detach().clone().requires_grad_() : at::Tensor();
   const at::Tensor y = moelab::nn::conv3x3_relu_max_pool2x2(images, w, b);
-  const at::Tensor reference =
-      at::max_pool2d(at::relu(at::conv2d(images, w_ref, b_ref, 1, 1)), 2);
+  const at::Tensor reference = at::max_pool2d(at::relu(at::conv2d(images, w_ref, b_ref, 1, 1)), 2);
   ASSERT_EQ(y.sizes(), reference.sizes());
   EXPECT_TRUE(at::allclose(y, reference, tolerance, tolerance)) << images.sizes();
   const at::Tensor probe = at::randn(y.sizes(), options);
@@ -156,6 +156,13 @@ TEST(ConvReluMaxPoolTest, ChannelsLastOnlyWhereOneDnnWouldPadChannels) {
   EXPECT_TRUE(in_fast_conv_layout(precise, 33).is_same(precise));
 }
 
+TEST(ConvReluMaxPoolTest, FusedFirstStageRefusesDoubleBackward) {
+  const at::Tensor w = torch::randn({2, 1, 3, 3}).requires_grad_();
+  const at::Tensor y = moelab::nn::conv3x3_relu_max_pool2x2(torch::randn({2, 1, 6, 6}), w, {});
+  EXPECT_THROWS_WITH(torch::autograd::grad({y.sum()}, {w}, {}, true, /*create_graph=*/true),
+                     "the fused first stage has no double backward");
+}
+
 TEST(ConvReluMaxPoolTest, RejectsWeightsThatDoNotFit) {
   const at::Tensor images = torch::randn({2, 1, 8, 8});
   EXPECT_THROWS_WITH(moelab::nn::conv3x3_relu_max_pool2x2(images, torch::randn({4, 2, 3, 3}), {}),
@@ -163,7 +170,7 @@ TEST(ConvReluMaxPoolTest, RejectsWeightsThatDoNotFit) {
   EXPECT_THROWS_WITH(
       moelab::nn::conv3x3_relu_max_pool2x2(images, torch::randn({4, 1, 3, 3}), torch::randn({3})),
       "bias must be (4), got [3]");
-  EXPECT_THROWS_WITH(moelab::nn::conv3x3_relu_max_pool2x2(torch::randn({2, 8, 8}),
-                                                          torch::randn({4, 1, 3, 3}), {}),
-                     "expected images (N, C, H, W)");
+  EXPECT_THROWS_WITH(
+      moelab::nn::conv3x3_relu_max_pool2x2(torch::randn({2, 8, 8}), torch::randn({4, 1, 3, 3}), {}),
+      "expected images (N, C, H, W)");
 }
