@@ -115,17 +115,14 @@ void for_each_expert(const at::Tensor& rows, const std::vector<int64_t>& counts,
   }
 }
 
-// out_e = in_e @ w[e]^T (+ b[e]) for every expert slice; `w` is (E, out, in).
-void per_expert_linear(const at::Tensor& in, const std::vector<int64_t>& counts,
-                       const at::Tensor& w, const at::Tensor& b, at::Tensor& out) {
-  for_each_expert(in, counts, [&](int64_t e, int64_t offset, int64_t n) {
-    at::Tensor out_e = out.narrow(0, offset, n);
-    if (b.defined()) {
-      at::addmm_out(out_e, b[e], in.narrow(0, offset, n), w[e].t());
-    } else {
-      at::mm_out(out_e, in.narrow(0, offset, n), w[e].t());
-    }
-  });
+// out = in @ w_e^T (+ b[e]) for one expert's rows; w_e (out, in), b (E, out) or undefined.
+void expert_linear(const at::Tensor& in, const at::Tensor& w_e, const at::Tensor& b, int64_t e,
+                   at::Tensor& out) {
+  if (b.defined()) {
+    at::addmm_out(out, b[e], in, w_e.t());
+  } else {
+    at::mm_out(out, in, w_e.t());
+  }
 }
 
 // LibTorch 1.13's custom Function cannot take undefined tensors, so absent biases travel as an
@@ -224,12 +221,17 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
     }
     const int64_t rows = xc.size(0);  // S, padded
     at::Tensor h = at::empty({rows, w_in.size(1)}, x.options());  // (S, P * F)
-    per_expert_linear(xc, counts, w_in, b_in, h);
-    at::Tensor hidden = hidden_from_projection(h, d_ff, activation);  // (S, F)
     at::Tensor y = at::empty({rows, d_model}, x.options());
-    per_expert_linear(hidden, counts, w_out, b_out, y);
-    // The hidden activation is recomputed in backward: one elementwise pass is cheaper here than
-    // keeping another (S, F) buffer alive between forward and backward.
+    // Each expert's whole chain at once, so that its projection and hidden activation are still
+    // in cache for the next step of it (rather than each step over all rows in turn). The hidden
+    // activation is recomputed in backward: one elementwise pass is cheaper than keeping another
+    // (S, F) buffer alive between forward and backward.
+    for_each_expert(xc, counts, [&](int64_t e, int64_t offset, int64_t n) {
+      at::Tensor h_e = h.narrow(0, offset, n);
+      expert_linear(xc.narrow(0, offset, n), w_in[e], b_in, e, h_e);
+      at::Tensor y_e = y.narrow(0, offset, n);
+      expert_linear(hidden_from_projection(h_e, d_ff, activation), w_out[e], b_out, e, y_e);
+    });
     ctx->save_for_backward({xc, w_in, w_out, h, index});
     ctx->saved_data["counts"] = counts;
     ctx->saved_data["activation"] = activation_id;
@@ -264,39 +266,31 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
       }
     }
 
-    // grad_hidden_e = grad_y_e @ W_out_e
-    at::Tensor grad_hidden = at::empty({rows, d_ff}, x.options());
-    for_each_expert(grad_y, counts, [&](int64_t e, int64_t offset, int64_t n) {
-      at::Tensor gh = grad_hidden.narrow(0, offset, n);
-      at::mm_out(gh, grad_y.narrow(0, offset, n), w_out[e]);
-    });
-
-    // Through the activation into grad_h: (S, P * F), laid out like h; the hidden activation
-    // recomputed (SwiGLU: in the same pass).
-    at::Tensor hidden, grad_h;
-    if (is_gated(activation)) {
-      SwiGLUGradient swiglu = swiglu_backward(grad_hidden, h, d_ff);
-      hidden = std::move(swiglu.hidden);
-      grad_h = std::move(swiglu.grad_h);
-    } else {
-      hidden = hidden_from_projection(h, d_ff, activation);
-      grad_h = activate_backward(grad_hidden, h, activation);
-    }
-
-    // grad_W_out_e = grad_y_e^T @ hidden_e ; grad_W_in_e = grad_h_e^T @ x_e ;
-    // grad_x_e = grad_h_e @ W_in_e
+    // Per expert, its whole chain at once (its rows' activations stay in cache):
+    // grad_hidden_e = grad_y_e @ W_out_e, through the activation (recomputing hidden_e) into
+    // grad_h_e (n, P * F), then grad_W_out_e = grad_y_e^T @ hidden_e,
+    // grad_W_in_e = grad_h_e^T @ x_e and grad_x_e = grad_h_e @ W_in_e.
     at::Tensor grad_x = at::empty_like(x);
-    for_each_expert(grad_h, counts, [&](int64_t e, int64_t offset, int64_t n) {
-      const at::Tensor gy = grad_y.narrow(0, offset, n);
+    for_each_expert(grad_y, counts, [&](int64_t e, int64_t offset, int64_t n) {
+      const at::Tensor gy = grad_y.narrow(0, offset, n), h_e = h.narrow(0, offset, n);
+      const at::Tensor grad_hidden = at::mm(gy, w_out[e]);
+      at::Tensor hidden, grad_h;
+      if (is_gated(activation)) {
+        SwiGLUGradient swiglu = swiglu_backward(grad_hidden, h_e, d_ff);
+        hidden = std::move(swiglu.hidden);
+        grad_h = std::move(swiglu.grad_h);
+      } else {
+        hidden = hidden_from_projection(h_e, d_ff, activation);
+        grad_h = activate_backward(grad_hidden, h_e, activation);
+      }
       at::Tensor gw_out = grad_w_out[e];
-      at::mm_out(gw_out, gy.t(), hidden.narrow(0, offset, n));
+      at::mm_out(gw_out, gy.t(), hidden);
       if (has_bias) grad_b_out[e].copy_(gy.sum(0));
-      at::Tensor gh = grad_h.narrow(0, offset, n);
       at::Tensor gw = grad_w_in[e];
-      at::mm_out(gw, gh.t(), x.narrow(0, offset, n));
+      at::mm_out(gw, grad_h.t(), x.narrow(0, offset, n));
       at::Tensor gx = grad_x.narrow(0, offset, n);
-      at::mm_out(gx, gh, w_in[e]);
-      if (has_bias) grad_b_in[e].copy_(gh.sum(0));
+      at::mm_out(gx, grad_h, w_in[e]);
+      if (has_bias) grad_b_in[e].copy_(grad_h.sum(0));
     });
     if (index.numel() > 0) grad_x = grad_x.index_select(0, index);
     return {grad_x, grad_w_in, grad_w_out, grad_b_in, grad_b_out, at::Tensor(), at::Tensor()};
