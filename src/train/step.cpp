@@ -97,12 +97,25 @@ class PhaseClock {
 };
 }  // namespace
 
+// Every parameter's gradient set to none, as LibTorch 2.x's zero_grad() does by default and
+// 1.13's does not (it zeroes them in place): so the same config trains the same way on either
+// version. A parameter without a gradient in a step (an idle module expert) is then left alone
+// by the optimizer, as in PyTorch 2.x, and the next backward hands each gradient over instead of
+// adding it to zeros (a zeroing pass and an add pass over every gradient saved).
+namespace {
+void clear_gradients(torch::optim::Optimizer& optimizer) {
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& p : group.params()) p.mutable_grad() = at::Tensor();
+  }
+}
+}  // namespace
+
 StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, const Task& task,
                       const std::function<data::Batch()>& next_batch, const StepOptions& options,
                       const std::function<void(const MicroBatch&)>& observe) {
   StepResult result;
   PhaseClock clock(options.times);
-  optimizer.zero_grad();
+  clear_gradients(optimizer);
   clock.charge(&StepTimes::optimizer);
   for (int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
     const data::Batch batch = next_batch();
@@ -143,7 +156,7 @@ StepResult train_step(models::Model& model, torch::optim::Optimizer& optimizer, 
     result.finite = result.finite && gradients_are_finite(model);
   }
   if (!result.finite) {
-    optimizer.zero_grad();
+    clear_gradients(optimizer);
     clock.charge(&StepTimes::checks);
     return result;
   }

@@ -255,6 +255,28 @@ TEST(TrainStepTest, OneStepOnAnyModelAndANonFiniteStepUpdatesNothing) {
   EXPECT_TRUE(torch::equal(model->named_parameters()["head.weight"], after));
 }
 
+// A step starts from no gradients (LibTorch 2.x's zero_grad() default; 1.13's zeroes them): a
+// parameter that gets no gradient in a step, like an expert no row reached, is left alone by the
+// optimizer; with zeroed gradients SGD's momentum would still move it.
+TEST(TrainStepTest, AParameterWithoutAGradientInAStepIsLeftAlone) {
+  torch::manual_seed(3);
+  auto model = tiny_mlp();
+  auto task = moelab::train::make_task("classification");
+  const at::Tensor idle = torch::ones({4}).requires_grad_();
+  std::vector<at::Tensor> parameters = model->parameters();
+  parameters.push_back(idle);
+  torch::optim::SGD sgd(parameters, torch::optim::SGDOptions(0.1).momentum(0.9));
+  idle.mutable_grad() = torch::ones({4});
+  sgd.step();  // the idle parameter now has momentum
+  const at::Tensor before = idle.detach().clone();
+  const Batch batch({{kInputs, torch::randn({6, 5})}, {kTargets, torch::tensor({0, 1, 2, 0, 1, 2})}});
+  ASSERT_TRUE(moelab::train::train_step(*model, sgd, *task, [&] { return batch; },
+                                        moelab::train::StepOptions())
+                  .finite);
+  EXPECT_FALSE(idle.grad().defined());
+  EXPECT_TRUE(torch::equal(idle.detach(), before));
+}
+
 // Clipping and the finite check share one pass over the gradients: the update equals LibTorch's
 // clip_grad_norm_ followed by the same SGD step, bit for bit, and a non-finite gradient under a
 // finite loss still skips the step.
