@@ -115,14 +115,19 @@ void for_each_expert(const at::Tensor& rows, const std::vector<int64_t>& counts,
   }
 }
 
-// out = in @ w_e^T (+ b[e]) for one expert's rows; w_e (out, in), b (E, out) or undefined.
-void expert_linear(const at::Tensor& in, const at::Tensor& w_e, const at::Tensor& b, int64_t e,
+// out = in @ w_e^T (+ b_e) for one expert's rows; w_e (out, in), b_e (out) or undefined.
+void expert_linear(const at::Tensor& in, const at::Tensor& w_e, const at::Tensor& b_e,
                    at::Tensor& out) {
-  if (b.defined()) {
-    at::addmm_out(out, b[e], in, w_e.t());
+  if (b_e.defined()) {
+    at::addmm_out(out, b_e, in, w_e.t());
   } else {
     at::mm_out(out, in, w_e.t());
   }
+}
+
+// Expert e's slice of a stacked (E, ...) parameter, or undefined when the parameter is absent.
+at::Tensor expert_slice(const at::Tensor& stacked, int64_t e) {
+  return stacked.defined() ? stacked[e] : at::Tensor();
 }
 
 // LibTorch 1.13's custom Function cannot take undefined tensors, so absent biases travel as an
@@ -228,9 +233,10 @@ struct GroupedFFNFunction : public torch::autograd::Function<GroupedFFNFunction>
     // (S, F) buffer alive between forward and backward.
     for_each_expert(xc, counts, [&](int64_t e, int64_t offset, int64_t n) {
       at::Tensor h_e = h.narrow(0, offset, n);
-      expert_linear(xc.narrow(0, offset, n), w_in[e], b_in, e, h_e);
+      expert_linear(xc.narrow(0, offset, n), w_in[e], expert_slice(b_in, e), h_e);
       at::Tensor y_e = y.narrow(0, offset, n);
-      expert_linear(hidden_from_projection(h_e, d_ff, activation), w_out[e], b_out, e, y_e);
+      expert_linear(hidden_from_projection(h_e, d_ff, activation), w_out[e], expert_slice(b_out, e),
+                    y_e);
     });
     ctx->save_for_backward({xc, w_in, w_out, h, index});
     ctx->saved_data["counts"] = counts;
@@ -398,6 +404,17 @@ bool draws_random_numbers(const torch::nn::Module& module) {
   return false;
 }
 
+// The entries of experts that had rows, in expert order.
+template <typename T>
+std::vector<T> of_busy_experts(const std::vector<T>& per_expert,
+                               const std::vector<int64_t>& counts) {
+  std::vector<T> busy;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e] > 0) busy.push_back(per_expert[e]);
+  }
+  return busy;
+}
+
 at::Tensor checked_output(at::Tensor y, size_t expert, int64_t rows) {
   TORCH_CHECK(y.dim() >= 1 && y.size(0) == rows, "ModuleExperts: expert ", expert, " returned ",
               y.sizes(), " for ", rows, " rows; an expert must keep the batch dimension");
@@ -423,17 +440,10 @@ struct SideBySideExpertsFunction : public torch::autograd::Function<SideBySideEx
       outputs[e] = checked_output((*experts)[e].forward<at::Tensor>(rows), e, counts[e]);
       inputs[e] = std::move(rows);
     });
-    std::vector<at::Tensor> busy_inputs, busy_outputs;
-    std::vector<int64_t> busy_counts;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      if (counts[e] == 0) continue;
-      busy_inputs.push_back(inputs[e]);
-      busy_outputs.push_back(outputs[e]);
-      busy_counts.push_back(counts[e]);
-    }
-    ctx->saved_data["inputs"] = busy_inputs;
+    const std::vector<at::Tensor> busy_outputs = of_busy_experts(outputs, counts);
+    ctx->saved_data["inputs"] = of_busy_experts(inputs, counts);
     ctx->saved_data["outputs"] = busy_outputs;
-    ctx->saved_data["counts"] = busy_counts;
+    ctx->saved_data["counts"] = of_busy_experts(counts, counts);
     ctx->saved_data["input_gradient"] = input_gradient;
     return at::cat(busy_outputs, 0);
   }
@@ -526,11 +536,7 @@ at::Tensor ModuleExpertsImpl::forward_side_by_side(const at::Tensor& x,
       outputs[e] = checked_output(
           experts_[e].forward<at::Tensor>(x.narrow(0, offsets[e], counts[e])), e, counts[e]);
     });
-    std::vector<at::Tensor> busy;
-    for (auto& output : outputs) {
-      if (output.defined()) busy.push_back(std::move(output));
-    }
-    y = at::cat(busy, 0);
+    y = at::cat(of_busy_experts(outputs, counts), 0);
   }
   return y;
 }

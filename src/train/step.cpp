@@ -95,14 +95,12 @@ class PhaseClock {
   StepTimes* times_;
   std::chrono::steady_clock::time_point last_;
 };
-}  // namespace
 
 // Every parameter's gradient set to none, as LibTorch 2.x's zero_grad() does by default and
 // 1.13's does not (it zeroes them in place): so the same config trains the same way on either
 // version. A parameter without a gradient in a step (an idle module expert) is then left alone
 // by the optimizer, as in PyTorch 2.x, and the next backward hands each gradient over instead of
 // adding it to zeros (a zeroing pass and an add pass over every gradient saved).
-namespace {
 void clear_gradients(torch::optim::Optimizer& optimizer) {
   for (auto& group : optimizer.param_groups()) {
     for (auto& p : group.params()) p.mutable_grad() = at::Tensor();

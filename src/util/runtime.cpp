@@ -136,6 +136,14 @@ bool core_computes_right() {
   return environment("MOELAB_BLAS_CHECK") != "fail" && gemm_matches_float64();
 }
 
+// Marks moelab's core as rejected (never tried again, by this process or its children) and
+// gives the choice back to OpenBLAS.
+void reject_selected_core(const std::string& core) {
+  ::setenv(kRejectedCore, core.c_str(), 1);
+  ::unsetenv(kSelectedCore);
+  ::unsetenv("OPENBLAS_CORETYPE");
+}
+
 // Replaces this process by a fresh start of the same program with the same arguments (the
 // environment as changed); returns only if that fails.
 void restart(char** argv) {
@@ -164,9 +172,7 @@ void select_blas_kernel(char** argv) {
     // Started with moelab's core set (a restart, or a child of a moelab process): check it.
     if (core_computes_right()) return;
     // Back to OpenBLAS's own choice (the original core), marked so it is not tried again.
-    ::setenv(kRejectedCore, selected.c_str(), 1);
-    ::unsetenv(kSelectedCore);
-    ::unsetenv("OPENBLAS_CORETYPE");
+    reject_selected_core(selected);
     if (reselect_openblas_core()) return;
     restart(argv);
     std::fprintf(stderr, "moelab: warning: OpenBLAS core %s gave wrong GEMM results and the "
@@ -184,9 +190,7 @@ void select_blas_kernel(char** argv) {
   ::setenv(kSelectedCore, best.c_str(), 1);
   if (reselect_openblas_core()) {
     if (openblas_core() == best && core_computes_right()) return;
-    ::setenv(kRejectedCore, best.c_str(), 1);
-    ::unsetenv(kSelectedCore);
-    ::unsetenv("OPENBLAS_CORETYPE");
+    reject_selected_core(best);
     reselect_openblas_core();
     return;
   }
