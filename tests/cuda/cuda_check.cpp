@@ -10,6 +10,9 @@
 //      the fused pooling the CPU kernel's numbers.
 //   3. CNN experts side by side on the CPU (two threads, this LibTorch's oneDNN) train as on one
 //      thread, and do not hang (nn/internal/side_by_side.h says why they could).
+//   4. The CNN's first stage (3x3 conv + ReLU + 2x2 max pool): its fused CPU version under this
+//      LibTorch gives LibTorch's three ops' numbers (float64), and the GPU (LibTorch's ops in
+//      the layout in_fast_conv_layout picks) the CPU's.
 #include <torch/torch.h>
 
 #include <chrono>
@@ -156,6 +159,39 @@ void check_cnn_experts_side_by_side_on_cpu() {
   check(same, "CNN experts side by side on the CPU (2 threads) == one thread");
 }
 
+// Output, weight and bias gradients of the stage for images x, under a fixed upstream gradient.
+std::vector<at::Tensor> first_stage(const at::Tensor& x, const at::Tensor& weight,
+                                    const at::Tensor& bias, bool moelab_version) {
+  const at::Tensor w = weight.detach().requires_grad_(true), b = bias.detach().requires_grad_(true);
+  const at::Tensor y = moelab_version ? moelab::nn::conv3x3_relu_max_pool2x2(x, w, b)
+                                      : at::max_pool2d(at::relu(at::conv2d(x, w, b, 1, 1)), {2, 2});
+  const at::Tensor upstream = at::linspace(-1, 1, y.numel(), y.options()).view_as(y);
+  (y * upstream).sum().backward();
+  return {y.detach().cpu(), w.grad().cpu(), b.grad().cpu()};
+}
+
+void check_first_cnn_stage() {
+  torch::manual_seed(0);
+  // 19 images: more than one group of 16 in the fused backward; odd sides and RGB.
+  const at::Tensor x = torch::randn({19, 3, 13, 11}, at::kDouble);
+  const at::Tensor w = torch::randn({17, 3, 3, 3}, at::kDouble),
+                   b = torch::randn({17}, at::kDouble);
+  const auto fused = first_stage(x, w, b, true), reference = first_stage(x, w, b, false);
+  bool same = true;
+  for (size_t i = 0; i < fused.size(); ++i)
+    same = same && at::allclose(fused[i], reference[i], 1e-10, 1e-12);
+  check(same,
+        "first CNN stage fused on the CPU == conv2d + relu + max_pool2d (float64, this LibTorch)");
+  // float64 on the GPU as well: cuDNN may compute float32 convolutions in TF32.
+  const auto gpu = first_stage(x.cuda(), w.cuda(), b.cuda(), true);
+  same = true;
+  for (size_t i = 0; i < gpu.size(); ++i)
+    same = same && at::allclose(gpu[i], fused[i], 1e-10, 1e-12);
+  check(
+      same,
+      "first CNN stage on the GPU == the CPU's fused version (output, weight and bias gradients)");
+}
+
 }  // namespace
 
 int main() {
@@ -181,6 +217,11 @@ int main() {
       check_cnn_experts_side_by_side_on_cpu();
     } catch (const std::exception& e) {
       check(false, std::string("CNN experts side by side: ") + e.what());
+    }
+    try {
+      check_first_cnn_stage();
+    } catch (const std::exception& e) {
+      check(false, std::string("first CNN stage: ") + e.what());
     }
   }
   std::cout << (failures == 0 ? "all checks passed" : std::to_string(failures) + " checks failed") << "\n";
