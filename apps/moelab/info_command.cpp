@@ -50,6 +50,7 @@ void print_system(bool json) {
   const double gflops = measure_gemm_gflops(1024);
   const double bf16_gflops = measure_gemm_gflops(1024, at::kBFloat16);
   const bool bf16_pays_off = bf16_gflops > 1.5 * gflops;
+  const double read_gbps = measure_memory_read_gbps();
   const bool onednn = at::hasMKLDNN();
   const std::string allocator = allocator_tuned()
                                     ? "glibc malloc, large blocks from the heap (M_MMAP_MAX=0), "
@@ -68,7 +69,8 @@ void print_system(bool json) {
                                 {"allocator", allocator},
                                 {"onednn", onednn},
                                 {"gemm_gflops_1024", gflops},
-                                {"gemm_gflops_1024_bf16", bf16_gflops}}
+                                {"gemm_gflops_1024_bf16", bf16_gflops},
+                                {"memory_read_gbps", read_gbps}}
                      .dump()
               << "\n";
     return;
@@ -76,18 +78,24 @@ void print_system(bool json) {
   std::cout << fmt::format("CPU               {} ({} cores for this process, {:.1f} GB)\n",
                            cpu_model(), available_cores(),
                            static_cast<double>(physical_memory_bytes()) / 1e9)
-            << fmt::format("BLAS library      {}\n", blas.library.empty() ? "none found" : blas.library)
+            << fmt::format("BLAS library      {}\n",
+                           blas.library.empty() ? "none found" : blas.library)
             << fmt::format("BLAS core         {} (chosen by {}){}\n",
                            blas.core.empty() ? "not OpenBLAS" : blas.core, blas.chosen_by,
                            blas.note.empty() ? "" : "; " + blas.note)
             << fmt::format("threads           {} intra-op\n", threads)
             << fmt::format("allocator         {}\n", allocator)
-            << fmt::format("oneDNN            {}\n", onednn ? "available (convolutions use it)" : "not built in")
+            << fmt::format("oneDNN            {}\n",
+                           onednn ? "available (convolutions use it)" : "not built in")
             << fmt::format("GEMM 1024^3 fp32  {:.1f} GFLOP/s on {} threads\n", gflops, threads)
             << fmt::format("GEMM 1024^3 bf16  {:.1f} GFLOP/s ({})\n", bf16_gflops,
                            bf16_pays_off ? "faster: train.precision=bf16 pays off on this machine"
                                          : "not faster: train.precision=bf16 would not speed up "
-                                           "training here");
+                                           "training here")
+            << fmt::format(
+                   "memory read       {:.1f} GB/s on {} threads (many small experts are "
+                   "bound by it: their weights are read each pass)\n",
+                   read_gbps, threads);
 }
 
 }  // namespace
@@ -104,7 +112,7 @@ void register_info_command(CLI::App& app, Action& action) {
   info->add_flag("--json", args->json, "One JSON object instead of text");
   info->add_flag("--system", args->system,
                  "The machine instead of a model: BLAS library and core, threads, allocator, "
-                 "oneDNN, and a measured GEMM rate");
+                 "oneDNN, and measured GEMM and memory read rates");
   info->callback([args, &action] {
     action = [args] {
       if (args->system) {

@@ -269,6 +269,22 @@ double measure_gemm_gflops(int64_t n, c10::ScalarType dtype) {
   return flops / seconds[seconds.size() / 2] / 1e9;
 }
 
+double measure_memory_read_gbps(int64_t bytes) {
+  TORCH_CHECK(bytes >= 4096, "measure_memory_read_gbps: ", bytes, " bytes is too few to measure");
+  const at::Tensor data = at::ones({bytes / 4}, at::kFloat);  // written once: pages are mapped
+  std::vector<double> seconds;
+  for (int i = 0; i < 6; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    const float total = at::sum(data).item<float>();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    TORCH_CHECK(total > 0, "measure_memory_read_gbps: the sum of ones is ", total);
+    if (i >= 1) seconds.push_back(elapsed);  // after warm-up
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return static_cast<double>(data.numel() * 4) / seconds[seconds.size() / 2] / 1e9;
+}
+
 // LibTorch 2.4 replaced the per-device autocast functions by ones taking the device type.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
 bool cpu_autocast_enabled() { return at::autocast::is_autocast_enabled(at::kCPU); }

@@ -1,10 +1,11 @@
-#include <gtest/gtest.h>
-#include <cstdlib>
-#include <fstream>
+#include "moelab/util/runtime.h"
 
 #include <ATen/Parallel.h>
+#include <gtest/gtest.h>
 
-#include "moelab/util/runtime.h"
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
 
 TEST(RuntimeTest, UsesAnOptimizedBlas) {
   // Debian's reference BLAS makes every matmul ~20x slower; install-deps must bring OpenBLAS.
@@ -23,6 +24,19 @@ TEST(RuntimeTest, SetsTheRequestedThreadCount) {
 
 TEST(RuntimeTest, RejectsNegativeThreads) {
   EXPECT_THROW(moelab::init_runtime({/*threads=*/-1, true}), c10::Error);
+}
+
+TEST(RuntimeTest, MeasuresTheMemoryReadRateAndRefusesATooSmallProbe) {
+  const double gbps = moelab::measure_memory_read_gbps(int64_t{8} << 20);
+  EXPECT_TRUE(std::isfinite(gbps) && gbps > 0.1) << gbps;
+  try {
+    moelab::measure_memory_read_gbps(100);
+    FAIL() << "100 bytes accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("100 bytes is too few"),
+              std::string::npos)
+        << e.what_without_backtrace();
+  }
 }
 
 // The BLAS kernel check (issue 15): the core in use computes float32 GEMMs within rounding of

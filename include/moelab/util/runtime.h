@@ -73,6 +73,11 @@ bool gemm_matches_float64();
 /// CPU has them) on the current threads (median of a few, after warm-up).
 double measure_gemm_gflops(int64_t n = 1024, c10::ScalarType dtype = c10::ScalarType::Float);
 
+/// GB/s at which the current threads read `bytes` of float32 from memory (a sum; median of a
+/// few). With many small experts the weights, not the arithmetic, bound a step: each is read
+/// from memory in forward and again in backward.
+double measure_memory_read_gbps(int64_t bytes = int64_t{256} << 20);
+
 /// Arithmetic precision of training and evaluation: fp32, or bf16 autocast (matmuls and
 /// convolutions in bfloat16, weights, optimiser state and reductions in float32).
 enum class Precision { kFloat32, kBFloat16 };
