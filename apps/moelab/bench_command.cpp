@@ -21,7 +21,8 @@ namespace moelab::app {
 
 namespace {
 
-void print_results(const std::vector<perf::BenchmarkResult>& results, bool as_json) {
+void print_comparison(const perf::LayerComparison& comparison, bool as_json) {
+  const std::vector<perf::BenchmarkResult> results{comparison.moe, comparison.dense};
   if (as_json) {
     for (const auto& r : results) {
       std::cout << nlohmann::json{{"name", r.name},
@@ -31,6 +32,9 @@ void print_results(const std::vector<perf::BenchmarkResult>& results, bool as_js
                        .dump()
                 << "\n";
     }
+    std::cout
+        << nlohmann::json{{"name", "moe_over_dense"}, {"ratio", comparison.moe_over_dense}}.dump()
+        << "\n";
     return;
   }
   std::cout << fmt::format("{:<58} {:>11} {:>13} {:>9}\n", "name", "median_ms", "tokens/s",
@@ -39,10 +43,8 @@ void print_results(const std::vector<perf::BenchmarkResult>& results, bool as_js
     std::cout << fmt::format("{:<58} {:>11.2f} {:>13.0f} {:>9.1f}\n", r.name, r.median_ms,
                              r.tokens_per_s, r.gflops);
   }
-  if (results.size() == 2) {
-    std::cout << fmt::format("MoE / dense throughput: {:.3f}\n",
-                             results[1].median_ms / results[0].median_ms);
-  }
+  std::cout << fmt::format("MoE / dense throughput: {:.3f} (median of iterations run in turn)\n",
+                           comparison.moe_over_dense);
 }
 
 struct BenchTrainArguments : ConfigArguments {
@@ -193,13 +195,14 @@ void register_bench_command(CLI::App& app, Action& action) {
   layer->add_option("--warmup", options->warmup, "Untimed iterations first")
       ->capture_default_str();
   layer->add_option("--seed", options->seed, "Seed for weights and inputs")->capture_default_str();
-  layer->add_flag("--json", *as_json, "One JSON object per line: name, median_ms, tokens_per_s, "
-                                      "gflops");
+  layer->add_flag("--json", *as_json,
+                  "One JSON object per line: name, median_ms, tokens_per_s, gflops; then "
+                  "moe_over_dense's ratio");
   layer->callback([=, &action] {
     action = [=] {
       options->backward = *mode == "fwdbwd";
       options->precision = parse_precision(*precision, "bench moe-layer --precision");
-      print_results(perf::benchmark_moe_layer(*options), *as_json);
+      print_comparison(perf::benchmark_moe_layer(*options), *as_json);
     };
   });
 

@@ -16,19 +16,17 @@ namespace moelab::perf {
 
 namespace {
 
-double median_ms(const std::function<void()>& step, int warmup, int iterations) {
-  for (int i = 0; i < warmup; ++i) step();
-  std::vector<double> times;
-  for (int i = 0; i < iterations; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    step();
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
-  }
-  std::sort(times.begin(), times.end());
-  const size_t mid = times.size() / 2;
-  return times.size() % 2 ? times[mid] : 0.5 * (times[mid - 1] + times[mid]);
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t mid = values.size() / 2;
+  return values.size() % 2 ? values[mid] : 0.5 * (values[mid - 1] + values[mid]);
+}
+
+double milliseconds_of(const std::function<void()>& step) {
+  const auto start = std::chrono::steady_clock::now();
+  step();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
 }
 
 void clear_grads(torch::nn::Module& module) {
@@ -110,13 +108,26 @@ BenchmarkCase dense_reference_case(const LayerBenchmarkOptions& o) {
           expert_flops(o), o.tokens};
 }
 
-std::vector<BenchmarkResult> benchmark_moe_layer(const LayerBenchmarkOptions& o) {
-  std::vector<BenchmarkResult> results;
-  for (BenchmarkCase c : {moe_layer_case(o), dense_reference_case(o)}) {
-    const double ms = median_ms(c.step, o.warmup, o.iterations);
-    results.push_back({c.name, ms, c.tokens / (ms / 1e3), c.flops_per_step / (ms / 1e3) / 1e9});
+LayerComparison benchmark_moe_layer(const LayerBenchmarkOptions& o) {
+  const BenchmarkCase moe = moe_layer_case(o), dense = dense_reference_case(o);
+  // The two run in turn, one iteration each, so that both see the same host: on a shared
+  // machine the speed moves by tens of percent within a minute, and two medians taken one after
+  // the other compared two different machines. The ratio is the median of each pair's.
+  for (int i = 0; i < o.warmup; ++i) {
+    moe.step();
+    dense.step();
   }
-  return results;
+  std::vector<double> moe_ms, dense_ms, ratios;
+  for (int i = 0; i < o.iterations; ++i) {
+    moe_ms.push_back(milliseconds_of(moe.step));
+    dense_ms.push_back(milliseconds_of(dense.step));
+    ratios.push_back(dense_ms.back() / moe_ms.back());
+  }
+  auto result = [](const BenchmarkCase& c, const std::vector<double>& times) {
+    const double ms = median(times);
+    return BenchmarkResult{c.name, ms, c.tokens / (ms / 1e3), c.flops_per_step / (ms / 1e3) / 1e9};
+  };
+  return {result(moe, moe_ms), result(dense, dense_ms), median(ratios)};
 }
 
 }  // namespace moelab::perf

@@ -48,7 +48,14 @@ BenchmarkCase moe_layer_case(const LayerBenchmarkOptions& options);
 /// The dense reference: one SwiGLU FFN over k * T rows, the MoE's active expert FLOPs.
 BenchmarkCase dense_reference_case(const LayerBenchmarkOptions& options);
 
-/// Runs both and returns {moe, dense}, each named after its configuration.
-std::vector<BenchmarkResult> benchmark_moe_layer(const LayerBenchmarkOptions& options);
+struct LayerComparison {
+  BenchmarkResult moe, dense;  // each named after its configuration
+  /// The MoE layer's throughput over the dense reference's: the median of dense / MoE over
+  /// iterations that ran in turn (each pair on the same host speed).
+  double moe_over_dense = 0;
+};
+
+/// Runs both, an iteration of each in turn.
+LayerComparison benchmark_moe_layer(const LayerBenchmarkOptions& options);
 
 }  // namespace moelab::perf
