@@ -311,6 +311,25 @@ TEST(ModuleExpertsTest, AnExpertWithMoreThanItsThreadsShareRunsOnEveryThread) {
   EXPECT_TRUE(probes[3]->ran_in_parallel_region);
 }
 
+// Large experts run side by side too (the default has no row limit: two single-threaded GEMMs
+// never wait at a barrier, docs/design.md), here 2,000 rows each.
+TEST(ModuleExpertsTest, LargeExpertsRunSideBySide) {
+  std::vector<RegionProbe> probes;
+  std::vector<torch::nn::AnyModule> modules;
+  for (int e = 0; e < 2; ++e) {
+    probes.emplace_back();
+    modules.emplace_back(probes.back());
+  }
+  moelab::nn::ModuleExperts experts(modules);
+  const at::Tensor x = torch::randn({4000, 4});
+  const auto one = module_experts_step(experts, x, {2000, 2000}, true, 1);
+  const auto two = module_experts_step(experts, x, {2000, 2000}, true, 2);
+  EXPECT_TRUE(probes[0]->ran_in_parallel_region);
+  EXPECT_TRUE(probes[1]->ran_in_parallel_region);
+  ASSERT_EQ(one.size(), two.size());
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::allclose(one[i], two[i])) << i;
+}
+
 // Experts holding dropout draw their random numbers in expert order (one after another) while
 // training: two threads give one thread's masks. Side by side they would be drawn largest expert
 // first, in whatever order the threads reach them.

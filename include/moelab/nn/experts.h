@@ -83,10 +83,10 @@ class ModuleExpertsImpl : public torch::nn::Cloneable<ModuleExpertsImpl> {
 
   /// x: (S, ...) rows sorted by expert, counts: (E) -> (S, ...out). An expert with no rows is
   /// not called (but the first expert sees an empty batch when S = 0, to learn the output shape).
-  /// On a CPU with several threads, many small experts (fewer than 256 rows each on average)
-  /// run side by side, one thread each, forward and backward, unless they hold dropout and are
-  /// training (their random numbers would be drawn in another order); the result does not
-  /// depend on the order. No double backward through experts run side by side.
+  /// On a CPU with several threads, experts run side by side, one thread each (an expert too
+  /// big to share evenly runs on every thread first), forward and backward, unless they hold
+  /// dropout and are training (their random numbers would be drawn in another order); the result
+  /// does not depend on the order. No double backward through experts run side by side.
   at::Tensor forward(const at::Tensor& x, const std::vector<int64_t>& counts);
 
   /// Rows each expert was called on in the last forward (tests and analysis).
