@@ -252,37 +252,42 @@ bool gemm_matches_float64() {
   return true;
 }
 
+namespace {
+
+// Median seconds of `runs` calls of fn after `warmup` untimed ones.
+template <typename Fn>
+double median_seconds(int warmup, int runs, Fn&& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> seconds;
+  for (int i = 0; i < runs; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return seconds[seconds.size() / 2];
+}
+
+}  // namespace
+
 double measure_gemm_gflops(int64_t n, c10::ScalarType dtype) {
   const at::Tensor a = at::sin(at::arange(n * n, at::kFloat)).reshape({n, n}).to(dtype);
   const at::Tensor b = at::cos(at::arange(n * n, at::kFloat)).reshape({n, n}).to(dtype);
   at::Tensor c = at::empty({n, n}, a.options());
-  std::vector<double> seconds;
-  for (int i = 0; i < 8; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    at::mm_out(c, a, b);
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (i >= 3) seconds.push_back(elapsed);  // after warm-up
-  }
-  std::sort(seconds.begin(), seconds.end());
+  const double seconds = median_seconds(3, 5, [&] { at::mm_out(c, a, b); });
   const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n);
-  return flops / seconds[seconds.size() / 2] / 1e9;
+  return flops / seconds / 1e9;
 }
 
 double measure_memory_read_gbps(int64_t bytes) {
   TORCH_CHECK(bytes >= 4096, "measure_memory_read_gbps: ", bytes, " bytes is too few to measure");
   const at::Tensor data = at::ones({bytes / 4}, at::kFloat);  // written once: pages are mapped
-  std::vector<double> seconds;
-  for (int i = 0; i < 6; ++i) {
-    const auto start = std::chrono::steady_clock::now();
+  const double seconds = median_seconds(1, 5, [&] {
     const float total = at::sum(data).item<float>();
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     TORCH_CHECK(total > 0, "measure_memory_read_gbps: the sum of ones is ", total);
-    if (i >= 1) seconds.push_back(elapsed);  // after warm-up
-  }
-  std::sort(seconds.begin(), seconds.end());
-  return static_cast<double>(data.numel() * 4) / seconds[seconds.size() / 2] / 1e9;
+  });
+  return static_cast<double>(data.numel() * 4) / seconds / 1e9;
 }
 
 // LibTorch 2.4 replaced the per-device autocast functions by ones taking the device type.
