@@ -279,6 +279,16 @@ struct RegionProbeImpl : torch::nn::Module {
 };
 TORCH_MODULE(RegionProbe);
 
+// n probe experts; `probes` keeps a handle to each, to read where it ran.
+moelab::nn::ModuleExperts probe_experts(int n, std::vector<RegionProbe>& probes) {
+  std::vector<torch::nn::AnyModule> modules;
+  for (int e = 0; e < n; ++e) {
+    probes.emplace_back();
+    modules.emplace_back(probes.back());
+  }
+  return moelab::nn::ModuleExperts(modules);
+}
+
 }  // namespace
 
 // An expert holding more than its thread's share of the rows (an untrained router) runs alone,
@@ -288,12 +298,7 @@ TORCH_MODULE(RegionProbe);
 TEST(ModuleExpertsTest, AnExpertWithMoreThanItsThreadsShareRunsOnEveryThread) {
   torch::manual_seed(5);
   std::vector<RegionProbe> probes;
-  std::vector<torch::nn::AnyModule> modules;
-  for (int e = 0; e < 4; ++e) {
-    probes.emplace_back();
-    modules.emplace_back(probes.back());
-  }
-  moelab::nn::ModuleExperts experts(modules);
+  moelab::nn::ModuleExperts experts = probe_experts(4, probes);
   const std::vector<int64_t> counts{2, 10, 3, 1};  // 10 of 16 rows: more than half
   const at::Tensor x = torch::randn({16, 4});
   const auto one = module_experts_step(experts, x, counts, true, 1);
@@ -315,12 +320,7 @@ TEST(ModuleExpertsTest, AnExpertWithMoreThanItsThreadsShareRunsOnEveryThread) {
 // never wait at a barrier, docs/design.md), here 2,000 rows each.
 TEST(ModuleExpertsTest, LargeExpertsRunSideBySide) {
   std::vector<RegionProbe> probes;
-  std::vector<torch::nn::AnyModule> modules;
-  for (int e = 0; e < 2; ++e) {
-    probes.emplace_back();
-    modules.emplace_back(probes.back());
-  }
-  moelab::nn::ModuleExperts experts(modules);
+  moelab::nn::ModuleExperts experts = probe_experts(2, probes);
   const at::Tensor x = torch::randn({4000, 4});
   const auto one = module_experts_step(experts, x, {2000, 2000}, true, 1);
   const auto two = module_experts_step(experts, x, {2000, 2000}, true, 2);
