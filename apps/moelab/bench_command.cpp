@@ -1,12 +1,12 @@
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
-
 #include <stdlib.h>
 
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
+#include <vector>
 
 #include "commands.h"
 #include "moelab/config/config.h"
@@ -16,6 +16,7 @@
 #include "moelab/run/run_config.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/errors.h"
+#include "moelab/util/runtime.h"
 
 namespace moelab::app {
 
@@ -50,6 +51,7 @@ void print_comparison(const perf::LayerComparison& comparison, bool as_json) {
 struct BenchTrainArguments : ConfigArguments {
   int64_t steps = 50;
   int64_t warmup = 5;
+  int64_t rounds = 1;
   bool json = false;
   bool eager_reference = false;
 };
@@ -88,52 +90,78 @@ perf::EagerVisionOptions eager_vision_options(const YAML::Node& resolved) {
 }
 
 // Trains the config's run for warmup + steps steps in a temporary directory (no periodic
-// evaluation or checkpoint) and prints where the timed steps spent their time.
+// evaluation or checkpoint) and prints where the timed steps spent their time. With rounds > 1
+// it does so that many times, each round followed by the eager reference's steps when asked, and
+// prints medians over rounds: each part's, the total's, and the speed over eager's of each round
+// (a round's two timings see the same host, whose speed moves between minutes).
 void bench_train(const BenchTrainArguments& args) {
   // Sized before the run, so that a config without an eager reference fails at once.
   std::optional<perf::EagerVisionOptions> eager;
   if (args.eager_reference) eager = eager_vision_options(run::resolve_run_config(args.files, args.overrides));
   YAML::Node resolved;
-  const train::TrainProfile profile = profile_training(args, args.warmup, args.steps, resolved);
-  const double n = static_cast<double>(std::max<int64_t>(profile.steps, 1));
-  const train::StepTimes& t = profile.step;
-  const std::vector<std::pair<std::string, double>> parts{
-      {"data", t.data},           {"forward", t.forward},     {"backward", t.backward},
-      {"sync", t.sync},           {"checks", t.checks},       {"optimizer", t.optimizer},
-      {"bookkeeping", t.observer + profile.bookkeeping}};
-  double total = 0;
-  for (const auto& part : parts) total += part.second;
-  const double eager_ms = eager ? perf::eager_vision_train_ms_per_step(*eager, args.steps, args.warmup) : 0.0;
-  const double moelab_ms = 1e3 * total / n;
+  const std::vector<std::string> names{"data",   "forward",   "backward",   "sync",
+                                       "checks", "optimizer", "bookkeeping"};
+  std::vector<std::vector<double>> part_ms(names.size());  // [part][round], ms per step
+  std::vector<double> totals, eager_ms, speeds;
+  train::TrainProfile profile;
+  for (int64_t round = 0; round < args.rounds; ++round) {
+    profile = profile_training(args, args.warmup, args.steps, resolved);
+    const double n = static_cast<double>(std::max<int64_t>(profile.steps, 1));
+    const train::StepTimes& t = profile.step;
+    const std::vector<double> seconds{t.data,
+                                      t.forward,
+                                      t.backward,
+                                      t.sync,
+                                      t.checks,
+                                      t.optimizer,
+                                      t.observer + profile.bookkeeping};
+    double total = 0;
+    for (size_t i = 0; i < seconds.size(); ++i) {
+      part_ms[i].push_back(1e3 * seconds[i] / n);
+      total += 1e3 * seconds[i] / n;
+    }
+    totals.push_back(total);
+    if (eager) {
+      eager_ms.push_back(perf::eager_vision_train_ms_per_step(*eager, args.steps, args.warmup));
+      speeds.push_back(eager_ms.back() / total);
+    }
+  }
+  const double moelab_ms = median(totals);
   if (args.json) {
     nlohmann::json line{{"model", resolved["model"]["name"].as<std::string>()},
                         {"steps", profile.steps},
+                        {"rounds", args.rounds},
                         {"batch_size", resolved["train"]["batch_size"].as<int64_t>()},
-                        {"ms_per_step", 1e3 * total / n}};
-    for (const auto& [name, seconds] : parts) line[name + "_ms"] = 1e3 * seconds / n;
+                        {"ms_per_step", moelab_ms}};
+    for (size_t i = 0; i < names.size(); ++i) line[names[i] + "_ms"] = median(part_ms[i]);
     line["final_evaluation_ms"] = 1e3 * profile.evaluation;
     line["final_checkpoint_ms"] = 1e3 * profile.checkpoint;
-    if (args.eager_reference) {
-      line["eager_reference_ms_per_step"] = eager_ms;
-      line["speed_vs_eager"] = eager_ms / moelab_ms;
+    if (eager) {
+      line["eager_reference_ms_per_step"] = median(eager_ms);
+      line["speed_vs_eager"] = median(speeds);
+      line["speed_vs_eager_rounds"] = speeds;
     }
     std::cout << line.dump() << "\n";
     return;
   }
-  std::cout << fmt::format("{} steps of {} (batch {}), after {} warm-up steps:\n", profile.steps,
-                           resolved["model"]["name"].as<std::string>(),
-                           resolved["train"]["batch_size"].as<int64_t>(), args.warmup);
-  for (const auto& [name, seconds] : parts) {
-    std::cout << fmt::format("  {:<12} {:>9.3f} ms/step  {:>5.1f}%\n", name, 1e3 * seconds / n,
-                             100 * seconds / std::max(total, 1e-12));
+  std::cout << fmt::format(
+      "{} steps of {} (batch {}), after {} warm-up steps{}:\n", profile.steps,
+      resolved["model"]["name"].as<std::string>(), resolved["train"]["batch_size"].as<int64_t>(),
+      args.warmup, args.rounds > 1 ? fmt::format(", medians of {} rounds", args.rounds) : "");
+  for (size_t i = 0; i < names.size(); ++i) {
+    const double ms = median(part_ms[i]);
+    std::cout << fmt::format("  {:<12} {:>9.3f} ms/step  {:>5.1f}%\n", names[i], ms,
+                             100 * ms / std::max(moelab_ms, 1e-12));
   }
-  std::cout << fmt::format("  {:<12} {:>9.3f} ms/step\n", "total", 1e3 * total / n);
+  std::cout << fmt::format("  {:<12} {:>9.3f} ms/step\n", "total", moelab_ms);
   std::cout << "  (checks: the finite check of every gradient and clipping; bookkeeping: metric "
                "sums, routing statistics, log lines)\n";
-  if (args.eager_reference) {
-    std::cout << fmt::format("eager LibTorch reference (the same model and batch, LibTorch's max_pool2d and relu, "
-                             "the experts in a loop): {:.3f} ms/step; moelab / eager speed = {:.2f}\n",
-                             eager_ms, eager_ms / moelab_ms);
+  if (eager) {
+    std::cout << fmt::format(
+        "eager LibTorch reference (the same model and batch, LibTorch's max_pool2d and relu, "
+        "the experts in a loop): {:.3f} ms/step; moelab / eager speed = {:.2f}{}\n",
+        median(eager_ms), median(speeds),
+        args.rounds > 1 ? fmt::format(" (rounds: {:.2f})", fmt::join(speeds, ", ")) : "");
   }
 }
 
@@ -216,6 +244,12 @@ void register_bench_command(CLI::App& app, Action& action) {
       ->capture_default_str();
   train->add_option("--warmup", train_args->warmup, "Untimed steps first")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train
+      ->add_option("--rounds", train_args->rounds,
+                   "Times to repeat the measurement (each round: moelab's steps, then the eager "
+                   "reference's); medians over rounds")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}))
       ->capture_default_str();
   train->add_flag("--json", train_args->json, "One JSON object");
   train->add_flag("--eager-reference", train_args->eager_reference,

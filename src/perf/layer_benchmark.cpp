@@ -16,12 +16,6 @@ namespace moelab::perf {
 
 namespace {
 
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t mid = values.size() / 2;
-  return values.size() % 2 ? values[mid] : 0.5 * (values[mid - 1] + values[mid]);
-}
-
 double milliseconds_of(const std::function<void()>& step) {
   const auto start = std::chrono::steady_clock::now();
   step();

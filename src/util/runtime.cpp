@@ -252,6 +252,13 @@ bool gemm_matches_float64() {
   return true;
 }
 
+double median(std::vector<double> values) {
+  TORCH_CHECK(!values.empty(), "median of no values");
+  std::sort(values.begin(), values.end());
+  const size_t mid = values.size() / 2;
+  return values.size() % 2 ? values[mid] : 0.5 * (values[mid - 1] + values[mid]);
+}
+
 namespace {
 
 // Median seconds of `runs` calls of fn after `warmup` untimed ones.
@@ -265,8 +272,7 @@ double median_seconds(int warmup, int runs, Fn&& fn) {
     seconds.push_back(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  std::sort(seconds.begin(), seconds.end());
-  return seconds[seconds.size() / 2];
+  return median(std::move(seconds));
 }
 
 }  // namespace

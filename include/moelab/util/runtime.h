@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace moelab {
 
@@ -72,6 +73,10 @@ bool gemm_matches_float64();
 /// GFLOP/s of an n x n x n matmul of `dtype` (float32 or bfloat16: oneDNN's AMX kernels where the
 /// CPU has them) on the current threads (median of a few, after warm-up).
 double measure_gemm_gflops(int64_t n = 1024, c10::ScalarType dtype = c10::ScalarType::Float);
+
+/// The median of `values` (the mean of the middle two for an even count); values must not be
+/// empty. Benchmarks report medians: on shared machines a few slow runs are the host's, not ours.
+double median(std::vector<double> values);
 
 /// GB/s at which the current threads read `bytes` of float32 from memory (a sum; median of a
 /// few). With many small experts the weights, not the arithmetic, bound a step: each is read
