@@ -26,6 +26,13 @@ TEST(RuntimeTest, RejectsNegativeThreads) {
   EXPECT_THROW(moelab::init_runtime({/*threads=*/-1, true}), c10::Error);
 }
 
+TEST(RuntimeTest, MedianOfOddAndEvenCountsAndNoneRefused) {
+  EXPECT_DOUBLE_EQ(moelab::median({5.0, 1.0, 3.0}), 3.0);
+  EXPECT_DOUBLE_EQ(moelab::median({4.0, 1.0, 10.0, 2.0}), 3.0);  // mean of the middle two
+  EXPECT_DOUBLE_EQ(moelab::median({7.5}), 7.5);
+  EXPECT_THROW(moelab::median({}), c10::Error);
+}
+
 TEST(RuntimeTest, MeasuresTheMemoryReadRateAndRefusesATooSmallProbe) {
   const double gbps = moelab::measure_memory_read_gbps(int64_t{8} << 20);
   EXPECT_TRUE(std::isfinite(gbps) && gbps > 0.1) << gbps;
