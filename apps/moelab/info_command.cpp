@@ -75,6 +75,7 @@ void print_system(bool json) {
               << "\n";
     return;
   }
+  const std::string on_threads = fmt::format("on {} thread{}", threads, threads == 1 ? "" : "s");
   std::cout << fmt::format("CPU               {} ({} cores for this process, {:.1f} GB)\n",
                            cpu_model(), available_cores(),
                            static_cast<double>(physical_memory_bytes()) / 1e9)
@@ -87,15 +88,15 @@ void print_system(bool json) {
             << fmt::format("allocator         {}\n", allocator)
             << fmt::format("oneDNN            {}\n",
                            onednn ? "available (convolutions use it)" : "not built in")
-            << fmt::format("GEMM 1024^3 fp32  {:.1f} GFLOP/s on {} threads\n", gflops, threads)
+            << fmt::format("GEMM 1024^3 fp32  {:.1f} GFLOP/s {}\n", gflops, on_threads)
             << fmt::format("GEMM 1024^3 bf16  {:.1f} GFLOP/s ({})\n", bf16_gflops,
                            bf16_pays_off ? "faster: train.precision=bf16 pays off on this machine"
                                          : "not faster: train.precision=bf16 would not speed up "
                                            "training here")
             << fmt::format(
-                   "memory read       {:.1f} GB/s on {} threads (many small experts are "
+                   "memory read       {:.1f} GB/s {} (many small experts are "
                    "bound by it: their weights are read each pass)\n",
-                   read_gbps, threads);
+                   read_gbps, on_threads);
 }
 
 }  // namespace

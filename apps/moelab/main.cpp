@@ -42,6 +42,8 @@ int main(int argc, char** argv) {
   CLI::App app{"moelab: build, train, analyse and run Mixture-of-Experts models"};
   app.set_version_flag("--version", std::string("moelab ") + MOELAB_VERSION);
   app.require_subcommand(1);
+  // Inherited by every subcommand: `moelab bench moe-layer --threads 2` means the global option.
+  app.fallthrough();
   moelab::RuntimeOptions runtime;
   app.add_option("--threads", runtime.threads, "Intra-op threads (0 = OMP_NUM_THREADS if set, else all cores)")
       ->check(CLI::NonNegativeNumber)
