@@ -110,6 +110,7 @@ std::unique_ptr<train::Trainer> resume_run(const std::string& run_dir,
     }
     config::apply_override(config, assignment);
   }
+  check_overrides_take_effect(config, overrides);
   const bool split_experts = expert_parallel(config, collective);
   train::RunParts parts = assemble_run(config);
   parts.collective = std::move(collective);

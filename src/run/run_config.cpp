@@ -43,10 +43,29 @@ std::string section_name(const YAML::Node& user, const std::string& section,
 
 YAML::Node resolve_run_config(const std::vector<std::string>& files,
                               const std::vector<std::string>& overrides) {
+  YAML::Node resolved;
   try {
-    return resolve_run_config(config::resolve(YAML::Node(YAML::NodeType::Map), files, overrides));
+    resolved =
+        resolve_run_config(config::resolve(YAML::Node(YAML::NodeType::Map), files, overrides));
   } catch (const ConfigError& e) {
     throw config::with_origin(e, files, overrides);
+  }
+  check_overrides_take_effect(resolved, overrides);
+  return resolved;
+}
+
+// Only overrides: a config file (or a dumped config, which lists every key) may hold both
+// limits, and its max_steps was never a request to stop early.
+void check_overrides_take_effect(const YAML::Node& resolved,
+                                 const std::vector<std::string>& overrides) {
+  const int64_t epochs = train_options(resolved).epochs();
+  if (epochs == 0) return;
+  for (const auto& assignment : overrides) {
+    if (assignment.substr(0, assignment.find('=')) != "train.max_steps") continue;
+    throw ConfigError(assignment + ": has no effect while train.epochs is " +
+                      std::to_string(epochs) +
+                      " (the run trains for its epochs); give train.epochs=0 as well to train "
+                      "for a number of steps, or change train.epochs");
   }
 }
 

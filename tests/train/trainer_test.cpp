@@ -385,6 +385,39 @@ TEST_F(TrainerTest, ResumeChangesOnlyLimits) {
   EXPECT_EQ(moelab::config::load_file(dir("run") + "/config.yaml")["train"]["max_steps"].as<int>(), 15);
 }
 
+// A step limit given on the command line to a run that trains for epochs would be ignored: refused,
+// when starting and when resuming. A config holding both (a dumped one lists every key) is not.
+TEST_F(TrainerTest, RefusesAStepLimitThatEpochsWouldOverride) {
+  const std::vector<std::string> files;
+  const std::vector<std::string> epochs = {"data.num_samples=200", "train.epochs=2"};
+  auto with = [&](std::vector<std::string> overrides, const std::string& extra) {
+    overrides.push_back(extra);
+    return overrides;
+  };
+  EXPECT_EQ(moelab::testing::error_message<moelab::ConfigError>([&] {
+              moelab::run::resolve_run_config(files, with(epochs, "train.max_steps=20"));
+            }),
+            "train.max_steps=20: has no effect while train.epochs is 2 (the run trains for its "
+            "epochs); give train.epochs=0 as well to train for a number of steps, or change "
+            "train.epochs");
+  // With train.epochs=0 after it, the limit holds.
+  std::vector<std::string> steps = with(with(epochs, "train.max_steps=20"), "train.epochs=0");
+  EXPECT_EQ(moelab::run::train_options(moelab::run::resolve_run_config(files, steps)).max_steps(),
+            20);
+  {
+    YAML::Node config = moelab::run::resolve_run_config(files, epochs);
+    EXPECT_EQ(config["train"]["max_steps"].as<int>(), 200);  // both limits in the tree: accepted
+    auto trainer_run = moelab::run::start_run(config, dir("epochs"));
+    trainer_run->run();
+  }
+  EXPECT_NE(moelab::testing::error_message<moelab::ConfigError>([&] {
+              moelab::run::resume_run(dir("epochs"), {"train.max_steps=20"});
+            }).find("train.max_steps=20: has no effect while train.epochs is 2"),
+            std::string::npos);
+  EXPECT_EQ(moelab::run::resume_run(dir("epochs"), {"train.epochs=3"})->run().steps,
+            3 * (180 / 64));  // 200 samples less 10% for validation, batches of 64
+}
+
 TEST_F(TrainerTest, ProgressLinesGoToTheConsole) {
   auto trainer_run = moelab::run::start_run(tiny_config(10), dir("run"));
   Trainer& trainer = *trainer_run;

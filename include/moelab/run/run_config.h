@@ -37,6 +37,11 @@ YAML::Node resolve_run_config(const std::vector<std::string>& files,
 /// The same for a tree already stacked from files and overrides.
 YAML::Node resolve_run_config(const YAML::Node& user);
 
+/// ConfigError when a key=value override would be ignored by the resolved config: today
+/// train.max_steps while train.epochs > 0 (the run would train for its epochs instead).
+void check_overrides_take_effect(const YAML::Node& resolved,
+                                 const std::vector<std::string>& overrides);
+
 /// Builds the model a resolved config describes (ConfigError for invalid combinations).
 std::shared_ptr<models::Model> build_model(const YAML::Node& resolved);
 

@@ -48,7 +48,8 @@
 namespace moelab::train {
 
 struct TrainOptions {
-  /// Optimiser steps to take, >= 1. Default 200. Ignored when epochs > 0.
+  /// Optimiser steps to take, >= 1. Default 200. Ignored when epochs > 0 (a key=value override
+  /// of it is then refused: run::check_overrides_take_effect).
   TORCH_ARG(int64_t, max_steps) = 200;
   /// Passes over the training data (the last partial batch of each is dropped); 0 = use
   /// max_steps. Default 0.
