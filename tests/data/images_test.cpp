@@ -107,7 +107,8 @@ TEST_F(ImagesTest, FashionMnistEntryLoadsScalesAndNormalises) {
 
 TEST_F(ImagesTest, CifarRecordsKeepPlaneOrderAndBothLabelKinds) {
   write_cifar("data_batch_1.bin", {{3}, {7}});
-  for (int b = 2; b <= 5; ++b) write_cifar("data_batch_" + std::to_string(b) + ".bin", {{b}});
+  for (int b = 2; b <= 5; ++b)
+    write_cifar("data_batch_" + std::to_string(b) + ".bin", {{static_cast<uint8_t>(b)}});
   write_cifar("test_batch.bin", {{9}});
   ImageDataOptions options;
   options.root(root_.string()).normalize(false);
