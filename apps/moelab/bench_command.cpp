@@ -218,7 +218,7 @@ void register_bench_command(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   layer->add_option("--iterations", options->iterations, "Timed iterations")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   layer->add_option("--warmup", options->warmup, "Untimed iterations first")
       ->capture_default_str();
@@ -240,10 +240,10 @@ void register_bench_command(CLI::App& app, Action& action) {
                "backward, checks, optimizer and bookkeeping (no evaluation or checkpoint)");
   add_config_arguments(*train, *train_args);
   train->add_option("--steps", train_args->steps, "Timed steps")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   train->add_option("--warmup", train_args->warmup, "Untimed steps first")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   train
       ->add_option("--rounds", train_args->rounds,

@@ -15,6 +15,25 @@
 
 namespace moelab::app {
 
+/// A check of a numeric option that names what it wants ("--steps: must be > 0, got 0").
+/// CLI11 2.1's PositiveNumber and NonNegativeNumber are ranges up to DBL_MAX and print that
+/// 309-digit bound when they refuse a value.
+inline CLI::Validator number_check(std::function<bool(double)> accepts, const std::string& wanted,
+                                   const std::string& description) {
+  return CLI::Validator(
+      [accepts, wanted](std::string& input) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(input, value))
+          return "expected a number, got '" + input + "'";
+        return accepts(value) ? std::string() : "must be " + wanted + ", got " + input;
+      },
+      description);
+}
+inline const CLI::Validator kPositive =
+    number_check([](double v) { return v > 0; }, "> 0", "POSITIVE");
+inline const CLI::Validator kNonNegative =
+    number_check([](double v) { return v >= 0; }, ">= 0", "NONNEGATIVE");
+
 /// What the chosen subcommand will do once parsing has finished and the runtime is set up.
 using Action = std::function<void()>;
 

@@ -175,18 +175,22 @@ void register_language_model_commands(CLI::App& app, Action& action) {
       ->required();
   generate->add_option("--prompt", generate_args->prompt, "Text to continue")->required();
   generate->add_option("--max-new-tokens", generate_args->options.max_new_tokens, "Tokens to add")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
-  generate->add_option("--temperature", generate_args->options.temperature,
-                       "Logit temperature; 0 = greedy")
-      ->check(CLI::NonNegativeNumber)
+  generate
+      ->add_option("--temperature", generate_args->options.temperature,
+                   "Logit temperature; 0 = greedy")
+      ->check(kNonNegative)
       ->capture_default_str();
-  generate->add_option("--top-k", generate_args->options.top_k, "Sample among the k most likely; 0 = all")
-      ->check(CLI::NonNegativeNumber)
+  generate
+      ->add_option("--top-k", generate_args->options.top_k,
+                   "Sample among the k most likely; 0 = all")
+      ->check(kNonNegative)
       ->capture_default_str();
-  generate->add_option("--top-p", generate_args->options.top_p,
-                       "Sample among the most likely tokens of total probability p")
-      ->check(CLI::Range(1e-9, 1.0))
+  generate
+      ->add_option("--top-p", generate_args->options.top_p,
+                   "Sample among the most likely tokens of total probability p")
+      ->check(number_check([](double p) { return p > 0 && p <= 1; }, "in (0, 1]", "(0, 1]"))
       ->capture_default_str();
   generate->add_option("--seed", generate_args->options.seed, "Seed of the draws")->capture_default_str();
   generate->add_flag("--latest", generate_args->latest, "Use the run's newest checkpoint, not its best");
@@ -202,13 +206,13 @@ void register_language_model_commands(CLI::App& app, Action& action) {
             "key/value cache)");
   add_config_arguments(*bench_lm, *bench_args);
   bench_lm->add_option("--steps", bench_args->steps, "Timed training steps")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   bench_lm->add_option("--warmup", bench_args->warmup, "Untimed steps first")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   bench_lm->add_option("--generate", bench_args->generate, "Tokens to generate")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   bench_lm->add_flag("--json", bench_args->json, "One JSON object");
   bench_lm->add_flag("--eager-reference", bench_args->eager_reference,

@@ -45,8 +45,9 @@ int main(int argc, char** argv) {
   // Inherited by every subcommand: `moelab bench moe-layer --threads 2` means the global option.
   app.fallthrough();
   moelab::RuntimeOptions runtime;
-  app.add_option("--threads", runtime.threads, "Intra-op threads (0 = OMP_NUM_THREADS if set, else all cores)")
-      ->check(CLI::NonNegativeNumber)
+  app.add_option("--threads", runtime.threads,
+                 "Intra-op threads (0 = OMP_NUM_THREADS if set, else all cores)")
+      ->check(moelab::app::kNonNegative)
       ->capture_default_str();
   moelab::app::Action action;
   moelab::app::register_bench_command(app, action);

@@ -126,7 +126,7 @@ void register_run_commands(CLI::App& app, Action& action) {
   CLI::App* train = app.add_subcommand("train", "Train a model described by config files");
   add_config_arguments(*train, *args);
   train->add_option("--run-dir", args->run_dir, "Run directory (default runs/run-<time>)");
-  train->add_option("--nproc", args->nproc, nproc_help)->check(CLI::PositiveNumber);
+  train->add_option("--nproc", args->nproc, nproc_help)->check(kPositive);
   train->callback([args, &action] {
     action = [args] {
       const std::optional<YAML::Node> resolved = resolve_or_dump(*args);
@@ -163,9 +163,10 @@ void register_run_commands(CLI::App& app, Action& action) {
   resume->add_option("run_dir", resume_args->run_dir, "The run directory")->required();
   resume->add_option("overrides", resume_args->overrides,
                      "Limits to change, e.g. train.max_steps=400 train.max_time=2h");
-  resume->add_option("--nproc", resume_args->nproc,
-                     nproc_help + "; any number, whatever number of processes wrote the checkpoint")
-      ->check(CLI::PositiveNumber);
+  resume
+      ->add_option("--nproc", resume_args->nproc,
+                   nproc_help + "; any number, whatever number of processes wrote the checkpoint")
+      ->check(kPositive);
   resume->callback([resume_args, &action] {
     action = [resume_args] {
       if (launch_if_asked(resume_args->nproc, resume_args->run_dir, false)) return;
