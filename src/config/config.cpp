@@ -135,6 +135,9 @@ ConfigError with_origin(const ConfigError& error, const std::vector<std::string>
   for (auto it = overrides.rbegin(); it != overrides.rend(); ++it) {
     const std::string set = it->substr(0, it->find('='));
     if (key == set || key.rfind(set + ".", 0) == 0) return error;  // the user typed it
+    // An error named by its section alone ("model: Router: num_experts (-1) ...") may come from
+    // an override inside it: the line where a file opens the section would mislead.
+    if (set.rfind(key + ".", 0) == 0) return error;
   }
   for (auto it = files.rbegin(); it != files.rend(); ++it) {
     YAML::Node root;

@@ -176,4 +176,16 @@ TEST_F(ConfigTest, ErrorsAfterTheMergeNameTheFileAndLineThatSetTheKey) {
   });
   EXPECT_EQ(nested.rfind(path("third.yaml") + ":3: model.moe.num_experts: expected an integer", 0), 0u)
       << nested;
+  // An error named by its section (a module's own check, raised when the model is built) is
+  // put at the file's section (its first line) only when no override writes into that section.
+  const std::string section =
+      write("fourth.yaml", "data:\n  name: x\nmodel:\n  moe:\n    num_experts: 0\n");
+  const moelab::ConfigError built("model: Router: num_experts (0) must be >= 1");
+  EXPECT_EQ(std::string(moelab::config::with_origin(built, {section}, {}).what()),
+            section + ":4: model: Router: num_experts (0) must be >= 1");
+  EXPECT_EQ(std::string(
+                moelab::config::with_origin(built, {section}, {"model.moe.num_experts=0"}).what()),
+            "model: Router: num_experts (0) must be >= 1");
+  EXPECT_EQ(std::string(moelab::config::with_origin(built, {section}, {"data.name=y"}).what()),
+            section + ":4: model: Router: num_experts (0) must be >= 1");
 }
