@@ -282,7 +282,8 @@ void register_run_commands(CLI::App& app, Action& action) {
                                    scored ? fmt::format("{:.4f}", values["r2_top20"].get<double>()) : "n/a");
         }
       }
-      std::cout << "report: " << analysis::write_report(dir) << "\n";
+      const std::string page = analysis::write_report(dir);  // first: it may throw
+      std::cout << "report: " << page << "\n";
     };
   });
 
@@ -290,7 +291,10 @@ void register_run_commands(CLI::App& app, Action& action) {
   CLI::App* report = app.add_subcommand("report", "Rebuild the HTML report of a finished study");
   report->add_option("study_dir", *report_dir, "The study directory")->required();
   report->callback([report_dir, &action] {
-    action = [report_dir] { std::cout << "report: " << analysis::write_report(*report_dir) << "\n"; };
+    action = [report_dir] {
+      const std::string page = analysis::write_report(*report_dir);  // first: it may throw
+      std::cout << "report: " << page << "\n";
+    };
   });
 
   struct ExportArguments {
