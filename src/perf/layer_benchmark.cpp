@@ -1,10 +1,9 @@
 #include "moelab/perf/layer_benchmark.h"
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <chrono>
-#include <fmt/format.h>
 #include <functional>
 #include <optional>
 
@@ -15,13 +14,6 @@
 namespace moelab::perf {
 
 namespace {
-
-double milliseconds_of(const std::function<void()>& step) {
-  const auto start = std::chrono::steady_clock::now();
-  step();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-      .count();
-}
 
 void clear_grads(torch::nn::Module& module) {
   for (auto& p : module.parameters()) p.mutable_grad() = at::Tensor();
@@ -113,8 +105,8 @@ LayerComparison benchmark_moe_layer(const LayerBenchmarkOptions& o) {
   }
   std::vector<double> moe_ms, dense_ms, ratios;
   for (int i = 0; i < o.iterations; ++i) {
-    moe_ms.push_back(milliseconds_of(moe.step));
-    dense_ms.push_back(milliseconds_of(dense.step));
+    moe_ms.push_back(1e3 * seconds_of(moe.step));
+    dense_ms.push_back(1e3 * seconds_of(dense.step));
     ratios.push_back(dense_ms.back() / moe_ms.back());
   }
   auto result = [](const BenchmarkCase& c, const std::vector<double>& times) {

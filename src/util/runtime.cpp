@@ -266,12 +266,7 @@ template <typename Fn>
 double median_seconds(int warmup, int runs, Fn&& fn) {
   for (int i = 0; i < warmup; ++i) fn();
   std::vector<double> seconds;
-  for (int i = 0; i < runs; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    seconds.push_back(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
+  for (int i = 0; i < runs; ++i) seconds.push_back(seconds_of(fn));
   return median(std::move(seconds));
 }
 

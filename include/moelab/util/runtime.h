@@ -5,6 +5,7 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -73,6 +74,14 @@ bool gemm_matches_float64();
 /// GFLOP/s of an n x n x n matmul of `dtype` (float32 or bfloat16: oneDNN's AMX kernels where the
 /// CPU has them) on the current threads (median of a few, after warm-up).
 double measure_gemm_gflops(int64_t n = 1024, c10::ScalarType dtype = c10::ScalarType::Float);
+
+/// Wall-clock seconds one call of fn takes (the benchmarks' and probes' one timer).
+template <typename Fn>
+double seconds_of(Fn&& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 /// The median of `values` (the mean of the middle two for an even count); values must not be
 /// empty. Benchmarks report medians: on shared machines a few slow runs are the host's, not ours.
